@@ -1,0 +1,1 @@
+"""nn.Module building blocks: scan orders, the Mamba mixer, SS2D."""

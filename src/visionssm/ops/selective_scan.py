@@ -1,0 +1,286 @@
+"""The public selective scan: input checks, backend choice, and one opaque ``torch.library`` op.
+
+``selective_scan`` has the argument order and shapes of ``mamba_ssm.selective_scan_fn``. Every
+backend but ``"reference"`` runs as the custom op ``visionssm::selective_scan`` with a hand-written
+backward op, so that
+
+* autograd saves only the inputs and the states at chunk boundaries (the backward recomputes the
+  rest, as the papers' hardware-aware scan does), never a (batch, dim, length, state) tensor;
+* ``FlopCounterMode`` counts it with the papers' formula (``register_flop_formula``);
+* ``torch.compile`` and ``torch.export`` see one node instead of unrolling a loop over time.
+
+A backend module provides ``forward(u, dt, A, B, C, D, z, save_checkpoints)`` returning
+``(y, last_state, checkpoints)`` and ``backward(u, dt, A, B, C, D, z, checkpoints, dout, dlast)``
+returning ``(du, ddt, dA, dB, dC, dD, dz)``, all in float32 with B and C grouped
+(batch, groups, state, length). The softplus of delta and its gradient are shared and live here.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import register_flop_formula
+
+from visionssm.ops.scan_reference import selective_scan_reference
+
+BACKENDS = ("auto", "reference", "cpu", "torch", "triton")
+_MODULES = {"cpu": "visionssm.ops.scan_cpu", "torch": "visionssm.ops.scan_torch",
+            "triton": "visionssm.ops.scan_triton"}
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _backend_module(name: str):
+    return importlib.import_module(_MODULES[name])
+
+
+def backend_unavailable_reason(name: str, device: torch.device) -> str | None:
+    """None if ``name`` can run on ``device``, else why not."""
+    if name in ("reference", "torch"):
+        return None
+    if name == "cpu":
+        if device.type != "cpu":
+            return f"the 'cpu' backend runs on CPU tensors, got {device.type} tensors"
+        try:
+            _backend_module("cpu")
+        except ImportError as e:  # numba missing or broken
+            return f"the 'cpu' backend needs numba ({e})"
+        return None
+    if name == "triton":
+        try:
+            mod = _backend_module("triton")
+        except ImportError as e:
+            return f"the 'triton' backend needs triton ({e})"
+        return mod.unavailable_reason(device)
+    return f"unknown backend {name!r}"
+
+
+def available_backends(device: torch.device | str = "cpu") -> list[str]:
+    """Backends that can run on ``device``, in the order ``"auto"`` prefers them."""
+    device = torch.device(device)
+    order = ["triton", "cpu", "torch", "reference"] if device.type == "cuda" else ["cpu", "torch", "reference"]
+    if device.type not in ("cpu", "cuda"):
+        order = ["torch", "reference"]
+    return [b for b in order if backend_unavailable_reason(b, device) is None]
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return available_backends(device)[0]
+    reason = backend_unavailable_reason(backend, device)
+    if reason is not None:
+        raise ValueError(f"backend: {backend!r} is not available ({reason}); "
+                         f"available on {device.type}: {available_backends(device)}")
+    return backend
+
+
+# ---------------------------------------------------------------------------------------------
+# input checks
+
+
+def _need_tensor(name, t, ndim, optional=False):
+    if t is None:
+        if optional:
+            return
+        raise ValueError(f"{name}: expected a tensor, got None")
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if t.is_complex():
+        raise ValueError(f"{name}: expected a real floating tensor, got {t.dtype} "
+                         "(complex A as in S4 is not supported)")
+    if t.dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"{name}: expected a floating dtype {_FLOAT_DTYPES}, got {t.dtype}")
+    if t.dim() not in ndim:
+        want = " or ".join(f"{n}-D" for n in ndim)
+        raise ValueError(f"{name}: expected a {want} tensor, got shape {tuple(t.shape)}")
+
+
+def check_inputs(u, delta, A, B, C, D, z, delta_bias):
+    _need_tensor("u", u, (3,))
+    batch, dim, length = u.shape
+    _need_tensor("delta", delta, (3,))
+    _need_tensor("A", A, (2,))
+    _need_tensor("B", B, (3, 4))
+    _need_tensor("C", C, (3, 4))
+    _need_tensor("D", D, (1,), optional=True)
+    _need_tensor("z", z, (3,), optional=True)
+    _need_tensor("delta_bias", delta_bias, (1,), optional=True)
+    if A.shape[0] != dim:
+        raise ValueError(f"A: expected shape ({dim}, state) to match u's dim {dim}, got {tuple(A.shape)}")
+    state = A.shape[1]
+    for name, t in (("delta", delta), ("z", z)):
+        if t is not None and t.shape != u.shape:
+            raise ValueError(f"{name}: expected shape {tuple(u.shape)} (same as u), got {tuple(t.shape)}")
+    for name, t in (("D", D), ("delta_bias", delta_bias)):
+        if t is not None and t.shape != (dim,):
+            raise ValueError(f"{name}: expected shape ({dim},), got {tuple(t.shape)}")
+    for name, M in (("B", B), ("C", C)):
+        if M.dim() == 3 and M.shape != (batch, state, length):
+            raise ValueError(f"{name}: expected shape (batch, state, length) = {(batch, state, length)}, "
+                             f"got {tuple(M.shape)}")
+        if M.dim() == 4:
+            groups = M.shape[1]
+            if M.shape != (batch, groups, state, length):
+                raise ValueError(f"{name}: expected shape (batch, groups, state, length) = "
+                                 f"{(batch, groups, state, length)}, got {tuple(M.shape)}")
+            if groups == 0 or dim % groups:
+                raise ValueError(f"{name}: dim {dim} must be a multiple of groups, got groups={groups}")
+    if B.dim() == 4 and C.dim() == 4 and B.shape[1] != C.shape[1]:
+        raise ValueError(f"C: expected the same number of groups as B ({B.shape[1]}), got {C.shape[1]}")
+    devices = {name: t.device for name, t in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C),
+                                                ("D", D), ("z", z), ("delta_bias", delta_bias))
+               if t is not None}
+    if len(set(devices.values())) > 1:
+        raise ValueError(f"all tensors must be on one device, got {', '.join(f'{k}: {v}' for k, v in devices.items())}")
+
+
+# ---------------------------------------------------------------------------------------------
+# the custom op
+
+
+def _wide(u: torch.Tensor) -> torch.dtype:
+    """The compute dtype: float32 for half, bfloat16 and float32 inputs, float64 for float64."""
+    return torch.float64 if u.dtype == torch.float64 else torch.float32
+
+
+def _cast(t, dtype):
+    return None if t is None else t.to(dtype)
+
+
+def _grouped(M: torch.Tensor, dtype) -> torch.Tensor:
+    return (M if M.dim() == 4 else M.unsqueeze(1)).to(dtype)
+
+
+def _pre_softplus(delta, delta_bias, dtype):
+    x = delta.to(dtype)
+    return x if delta_bias is None else x + delta_bias.to(dtype)[:, None]
+
+
+@torch.library.custom_op("visionssm::selective_scan", mutates_args=())
+def _scan_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+             D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
+             delta_softplus: bool, backend: str, save_checkpoints: bool
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    w = _wide(u)
+    x = _pre_softplus(delta, delta_bias, w)
+    y, last, ckpt = _backend_module(backend).forward(
+        u.to(w), F.softplus(x) if delta_softplus else x, A.to(w), _grouped(B, w), _grouped(C, w),
+        _cast(D, w), _cast(z, w), save_checkpoints)
+    return y.to(u.dtype), last, ckpt
+
+
+def checkpoint_shape(backend, batch, dim, length, state):
+    chunk = _backend_module(backend).CHUNK
+    return (batch, -(-length // chunk), dim, state)
+
+
+@_scan_op.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, save_checkpoints):
+    batch, dim, length = u.shape
+    state = A.shape[1]
+    ck = checkpoint_shape(backend, batch, dim, length, state) if save_checkpoints else (0,)
+    return (torch.empty_like(u), u.new_empty(batch, dim, state, dtype=_wide(u)),
+            u.new_empty(ck, dtype=_wide(u)))
+
+
+@torch.library.custom_op("visionssm::selective_scan_backward", mutates_args=())
+def _scan_backward_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                      C: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None,
+                      delta_bias: torch.Tensor | None, delta_softplus: bool, backend: str,
+                      checkpoints: torch.Tensor, dout: torch.Tensor, dlast: torch.Tensor | None
+                      ) -> list[torch.Tensor]:
+    """Gradients for (u, delta, A, B, C, D, z, delta_bias); an empty tensor where an input is None."""
+    w = _wide(u)
+    x = _pre_softplus(delta, delta_bias, w)
+    du, ddt, dA, dB, dC, dD, dz = _backend_module(backend).backward(
+        u.to(w), F.softplus(x) if delta_softplus else x, A.to(w), _grouped(B, w), _grouped(C, w),
+        _cast(D, w), _cast(z, w), checkpoints, dout.to(w), _cast(dlast, w))
+    ddelta = ddt * torch.sigmoid(x) if delta_softplus else ddt
+    if B.dim() == 3:
+        dB, dC = dB.squeeze(1), dC.squeeze(1)
+    empty = u.new_empty(0)
+    return [du.to(u.dtype), ddelta.to(delta.dtype), dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
+            empty if D is None else dD.to(D.dtype), empty if z is None else dz.to(z.dtype),
+            empty if delta_bias is None else ddelta.sum((0, 2)).to(delta_bias.dtype)]
+
+
+@_scan_backward_op.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, checkpoints, dout, dlast):
+    empty = u.new_empty(0)
+    return [torch.empty_like(u), torch.empty_like(delta), torch.empty_like(A), torch.empty_like(B),
+            torch.empty_like(C), empty if D is None else torch.empty_like(D),
+            empty if z is None else torch.empty_like(z),
+            empty if delta_bias is None else torch.empty_like(delta_bias)]
+
+
+def _setup_context(ctx, inputs, output):
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, _ = inputs
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, output[2])
+    ctx.delta_softplus, ctx.backend = delta_softplus, backend
+
+
+def _backward(ctx, dout, dlast, _dckpt):
+    u, delta, A, B, C, D, z, delta_bias, ckpt = ctx.saved_tensors
+    if ckpt.numel() == 0 and u.shape[2] > 0:
+        raise RuntimeError("selective_scan: backward called on a forward run without gradients enabled")
+    if dout is None:
+        dout = torch.zeros_like(u)
+    grads = _scan_backward_op(u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, ctx.backend,
+                              ckpt, dout, dlast)
+    grads = [g if t is not None else None for g, t in zip(grads, (u, delta, A, B, C, D, z, delta_bias))]
+    return (*grads, None, None, None)
+
+
+_scan_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def scan_macs(batch: int, dim: int, length: int, state: int) -> int:
+    """Multiply-adds of one selective scan, the papers' convention (mamba_ssm#110): 9BLDN + BDL."""
+    return 9 * batch * length * dim * state + batch * dim * length
+
+
+@register_flop_formula(torch.ops.visionssm.selective_scan)
+def _scan_flops(u_shape, delta_shape, A_shape, *args, **kwargs) -> int:
+    batch, dim, length = u_shape
+    return 2 * scan_macs(batch, dim, length, A_shape[1])
+
+
+@register_flop_formula(torch.ops.visionssm.selective_scan_backward)
+def _scan_backward_flops(u_shape, delta_shape, A_shape, *args, **kwargs) -> int:
+    # recompute the states (one forward) plus the reverse scan and the gradient terms (about
+    # twice a forward): counted as 2x the forward, like FlopCounterMode does for matmuls
+    batch, dim, length = u_shape
+    return 4 * scan_macs(batch, dim, length, A_shape[1])
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   return_last_state=False, backend="auto"):
+    """Mamba's selective scan (S6), with the arguments of ``mamba_ssm.selective_scan_fn``.
+
+    Shapes: u, delta, z (batch, dim, length); A (dim, state), real; B, C (batch, state, length) or
+    grouped (batch, groups, state, length) with dim a multiple of groups; D, delta_bias (dim,).
+
+    h_t = exp(dt_t * A) * h_{t-1} + dt_t * B_t * u_t, y_t = C_t . h_t + D * u_t, y *= silu(z),
+    with dt = softplus(delta + delta_bias) when ``delta_softplus``. The state is accumulated in
+    float32 (float64 for float64 inputs); y has u's dtype; the last state (batch, dim, state) is
+    float32 (float64).
+
+    backend: "auto" (the fastest available for the device), "reference" (the plain loop, the
+    specification), "cpu" (fused numba kernel), "torch" (blocked pure-PyTorch, any device),
+    "triton" (GPU kernel).
+    """
+    check_inputs(u, delta, A, B, C, D, z, delta_bias)
+    name = resolve_backend(backend, u.device)
+    if name == "reference":
+        y, last = selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, True)
+    else:
+        needs_grad = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias))
+        y, last, _ = _scan_op(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), name, needs_grad)
+    return (y, last) if return_last_state else y
