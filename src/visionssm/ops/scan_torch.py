@@ -19,6 +19,10 @@ import torch
 CHUNK = 128
 
 
+def checkpoint_shape(batch, dim, length, state):
+    return (batch, -(-length // CHUNK), dim, state)
+
+
 def _blocks(length: int):
     for k, start in enumerate(range(0, length, CHUNK)):
         yield k, start, min(start + CHUNK, length)
@@ -46,7 +50,7 @@ def forward(u, dt, A, B, C, D, z, save_checkpoints):
     Ag = A.view(g, d // g, n)
     h = u.new_zeros(b, g, d // g, n)
     y = torch.empty_like(u)
-    ckpt = u.new_empty(b, -(-length // CHUNK), d, n) if save_checkpoints else u.new_empty(0)
+    ckpt = u.new_empty(checkpoint_shape(b, d, length, n)) if save_checkpoints else u.new_empty(0)
     for k, s, e in _blocks(length):
         if save_checkpoints:
             ckpt[:, k] = h.reshape(b, d, n)

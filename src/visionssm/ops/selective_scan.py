@@ -9,7 +9,8 @@ backward op, so that
 * ``FlopCounterMode`` counts it with the papers' formula (``register_flop_formula``);
 * ``torch.compile`` and ``torch.export`` see one node instead of unrolling a loop over time.
 
-A backend module provides ``forward(u, dt, A, B, C, D, z, save_checkpoints)`` returning
+A backend module provides ``checkpoint_shape(batch, dim, length, state)``,
+``forward(u, dt, A, B, C, D, z, save_checkpoints)`` returning
 ``(y, last_state, checkpoints)`` and ``backward(u, dt, A, B, C, D, z, checkpoints, dout, dlast)``
 returning ``(du, ddt, dA, dB, dC, dD, dz)``, all in float32 with B and C grouped
 (batch, groups, state, length). The softplus of delta and its gradient are shared and live here.
@@ -63,6 +64,17 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
     if device.type not in ("cpu", "cuda"):
         order = ["torch", "reference"]
     return [b for b in order if backend_unavailable_reason(b, device) is None]
+
+
+_RESOLVED: dict[tuple[str, str], str] = {}
+
+
+@torch.compiler.assume_constant_result  # torch.compile takes the answer as a constant
+def _resolve_cached(backend: str, device_type: str) -> str:
+    key = (backend, device_type)
+    if key not in _RESOLVED:
+        _RESOLVED[key] = resolve_backend(backend, torch.device(device_type))
+    return _RESOLVED[key]
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -172,16 +184,11 @@ def _scan_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Ten
     return y.to(u.dtype), last, ckpt
 
 
-def checkpoint_shape(backend, batch, dim, length, state):
-    chunk = _backend_module(backend).CHUNK
-    return (batch, -(-length // chunk), dim, state)
-
-
 @_scan_op.register_fake
 def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, save_checkpoints):
     batch, dim, length = u.shape
     state = A.shape[1]
-    ck = checkpoint_shape(backend, batch, dim, length, state) if save_checkpoints else (0,)
+    ck = _backend_module(backend).checkpoint_shape(batch, dim, length, state) if save_checkpoints else (0,)
     return (torch.empty_like(u), u.new_empty(batch, dim, state, dtype=_wide(u)),
             u.new_empty(ck, dtype=_wide(u)))
 
@@ -201,19 +208,15 @@ def _scan_backward_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: 
     ddelta = ddt * torch.sigmoid(x) if delta_softplus else ddt
     if B.dim() == 3:
         dB, dC = dB.squeeze(1), dC.squeeze(1)
-    empty = u.new_empty(0)
     return [du.to(u.dtype), ddelta.to(delta.dtype), dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
-            empty if D is None else dD.to(D.dtype), empty if z is None else dz.to(z.dtype),
-            empty if delta_bias is None else ddelta.sum((0, 2)).to(delta_bias.dtype)]
+            u.new_empty(0) if D is None else dD.to(D.dtype), u.new_empty(0) if z is None else dz.to(z.dtype),
+            u.new_empty(0) if delta_bias is None else ddelta.sum((0, 2)).to(delta_bias.dtype)]
 
 
 @_scan_backward_op.register_fake
 def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, checkpoints, dout, dlast):
-    empty = u.new_empty(0)
-    return [torch.empty_like(u), torch.empty_like(delta), torch.empty_like(A), torch.empty_like(B),
-            torch.empty_like(C), empty if D is None else torch.empty_like(D),
-            empty if z is None else torch.empty_like(z),
-            empty if delta_bias is None else torch.empty_like(delta_bias)]
+    return [torch.empty_like(t) if t is not None else u.new_empty(0)
+            for t in (u, delta, A, B, C, D, z, delta_bias)]
 
 
 def _setup_context(ctx, inputs, output):
@@ -276,7 +279,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     "triton" (GPU kernel).
     """
     check_inputs(u, delta, A, B, C, D, z, delta_bias)
-    name = resolve_backend(backend, u.device)
+    name = _resolve_cached(backend, u.device.type)
     if name == "reference":
         y, last = selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, True)
     else:

@@ -1,0 +1,259 @@
+"""Fused CPU selective scan: numba kernels that keep the state in a small local array.
+
+One parallel job per (batch, group, block of ``lanes`` channels). The time loop is outermost, the
+state loop next and the channel lanes innermost, on time-major (batch, length, dim) inputs, so the
+inner loops are contiguous and vectorise. Nothing of size (batch, dim, length, state) is ever
+made: the forward writes y and, when gradients are needed, the state every ``CHUNK`` steps; the
+backward recomputes one chunk of states at a time from those checkpoints and walks it in reverse.
+
+The work of this operator on a CPU is one exp per state update. numba has no vector exp here
+(no SVML), so float32 uses ``_exp_block``: round-to-nearest range reduction, a degree-6 polynomial
+for 2^f on [-1/2, 1/2] (relative error ~2e-7) and the 2^k factor added to the float's exponent
+bits through an int32 view, all in branch-free loops that LLVM vectorises. float64 (used for
+checking) takes ``math.exp``. The softplus of delta, the D skip and the silu(z) gate are
+elementwise work on (batch, dim, length) done by PyTorch around the kernel.
+
+The interface is described in ``visionssm.ops.selective_scan``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+import torch
+from numba import njit, prange
+from numba.extending import overload
+
+CHUNK = 64
+
+_LOG2E = 1.4426950408889634
+_LN2 = 0.6931471805599453
+# Taylor coefficients of 2^f = exp(f ln 2): (ln 2)^k / k!
+_P = [_LN2**k / math.factorial(k) for k in range(7)]
+
+_P0, _P1, _P2, _P3, _P4, _P5, _P6 = (np.float32(c) for c in _P)
+_LO, _HI, _L2E, _HALF = np.float32(-87.0), np.float32(88.0), np.float32(_LOG2E), np.float32(0.5)
+
+
+def _exp_block(x, e, tmp):
+    """e[:] = exp(x[:]) (numba only)."""
+
+
+@overload(_exp_block, inline="always")
+def _exp_block_impl(x, e, tmp):
+    if x.dtype == numba.float32:
+        def exp_f32(x, e, tmp):
+            # x clamped to [-87, 88] so that 2^k stays a normal float
+            for i in range(x.shape[0]):
+                t = min(max(x[i], _LO), _HI) * _L2E
+                k = np.floor(t + _HALF)
+                f = t - k
+                e[i] = _P0 + f * (_P1 + f * (_P2 + f * (_P3 + f * (_P4 + f * (_P5 + f * _P6)))))
+                tmp[i] = np.int32(k) << 23
+            bits = e.view(np.int32)
+            for i in range(x.shape[0]):
+                bits[i] += tmp[i]
+        return exp_f32
+
+    def exp_f64(x, e, tmp):
+        for i in range(x.shape[0]):
+            e[i] = math.exp(x[i])
+    return exp_f64
+
+
+def _zero(a):
+    """A zero of a's dtype (numba only)."""
+
+
+@overload(_zero, inline="always")
+def _zero_impl(a):
+    zero = numba.np.numpy_support.as_dtype(a.dtype).type(0)
+    return lambda a: zero
+
+
+@njit(parallel=True, cache=True)
+def _fwd(u, dt, At, Bm, Cm, y, last, ckpt, save, lanes):
+    nb, length, d = u.shape
+    ng, n = Bm.shape[1], Bm.shape[3]
+    dg = d // ng
+    nblk = (dg + lanes - 1) // lanes
+    for job in prange(nb * ng * nblk):
+        bi, r = job // (ng * nblk), job % (ng * nblk)
+        gi = r // nblk
+        c0 = gi * dg + (r % nblk) * lanes
+        w_ = min(lanes, gi * dg + dg - c0)
+        h = np.zeros((n, w_), u.dtype)
+        arg = np.empty((n, w_), u.dtype)
+        ex = np.empty(n * w_, u.dtype)
+        tmp = np.empty(n * w_, np.int32)
+        dtu = np.empty(w_, u.dtype)
+        acc = np.empty(w_, u.dtype)
+        Ab = At[:, c0:c0 + w_].copy()
+        for t in range(length):
+            if save and t % CHUNK == 0:
+                ckpt[bi, t // CHUNK, :, c0:c0 + w_] = h
+            dtt = dt[bi, t, c0:c0 + w_]
+            for w in range(w_):
+                dtu[w] = dtt[w] * u[bi, t, c0 + w]
+                acc[w] = 0.0
+            for s in range(n):
+                for w in range(w_):
+                    arg[s, w] = dtt[w] * Ab[s, w]
+            _exp_block(arg.reshape(n * w_), ex, tmp)
+            ea = ex.reshape((n, w_))
+            for s in range(n):
+                bv = Bm[bi, gi, t, s]
+                cv = Cm[bi, gi, t, s]
+                for w in range(w_):
+                    hv = ea[s, w] * h[s, w] + dtu[w] * bv
+                    h[s, w] = hv
+                    acc[w] += hv * cv
+            y[bi, t, c0:c0 + w_] = acc
+        last[bi, :, c0:c0 + w_] = h
+
+@njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
+def _bwd(u, dt, At, Bm, Cm, ckpt, dy, dlast, du, ddt, dA_part, dB_part, dC_part, yp, want_y, lanes):
+    nb, length, d = u.shape
+    ng, n = Bm.shape[1], Bm.shape[3]
+    dg = d // ng
+    nblk = (dg + lanes - 1) // lanes
+    nck = (length + CHUNK - 1) // CHUNK
+    for job in prange(nb * ng * nblk):
+        bi, r = job // (ng * nblk), job % (ng * nblk)
+        gi, blk = r // nblk, r % nblk
+        c0 = gi * dg + blk * lanes
+        w_ = min(lanes, gi * dg + dg - c0)
+        Ab = At[:, c0:c0 + w_].copy()
+        dh = dlast[bi, :, c0:c0 + w_].copy()
+        dA = np.zeros((n, w_), u.dtype)
+        Hs = np.empty((CHUNK + 1, n, w_), u.dtype)  # h_{s-1} .. h_{e-1} of the chunk
+        Es = np.empty((CHUNK, n * w_), u.dtype)  # its decays
+        arg = np.empty((n, w_), u.dtype)
+        tmp = np.empty(n * w_, np.int32)
+        dtu = np.empty(w_, u.dtype)
+        acc_t = np.empty(w_, u.dtype)
+        acc_u = np.empty(w_, u.dtype)
+        for k in range(nck - 1, -1, -1):
+            s0 = k * CHUNK
+            s1 = min(s0 + CHUNK, length)
+            Hs[0] = ckpt[bi, k, :, c0:c0 + w_]
+            for t in range(s0, s1):  # recompute the chunk's states
+                j = t - s0
+                dtt = dt[bi, t, c0:c0 + w_]
+                for s in range(n):
+                    for w in range(w_):
+                        arg[s, w] = dtt[w] * Ab[s, w]
+                ex = Es[j]
+                _exp_block(arg.reshape(n * w_), ex, tmp)
+                ea = ex.reshape((n, w_))
+                for w in range(w_):
+                    dtu[w] = dtt[w] * u[bi, t, c0 + w]
+                for s in range(n):
+                    bv = Bm[bi, gi, t, s]
+                    for w in range(w_):
+                        Hs[j + 1, s, w] = ea[s, w] * Hs[j, s, w] + dtu[w] * bv
+                if want_y:
+                    for w in range(w_):
+                        acc_t[w] = 0.0
+                    for s in range(n):
+                        cv = Cm[bi, gi, t, s]
+                        for w in range(w_):
+                            acc_t[w] += Hs[j + 1, s, w] * cv
+                    yp[bi, t, c0:c0 + w_] = acc_t
+            for t in range(s1 - 1, s0 - 1, -1):  # reverse walk: dh_t = C_t dy_t + a_{t+1} dh_{t+1}
+                j = t - s0
+                dtt = dt[bi, t, c0:c0 + w_]
+                ut = u[bi, t, c0:c0 + w_]
+                gy = dy[bi, t, c0:c0 + w_]
+                ea = Es[j].reshape((n, w_))
+                for w in range(w_):
+                    dtu[w] = dtt[w] * ut[w]
+                    acc_t[w] = 0.0
+                    acc_u[w] = 0.0
+                for s in range(n):
+                    bv = Bm[bi, gi, t, s]
+                    cv = Cm[bi, gi, t, s]
+                    sb = _zero(u)
+                    sc = _zero(u)
+                    for w in range(w_):
+                        dhv = dh[s, w] + gy[w] * cv
+                        q = dhv * Hs[j, s, w] * ea[s, w]  # d loss / d (dt A)
+                        acc_t[w] += dhv * bv * ut[w] + q * Ab[s, w]
+                        acc_u[w] += dhv * bv
+                        dA[s, w] += q * dtt[w]
+                        sb += dhv * dtu[w]
+                        sc += gy[w] * Hs[j + 1, s, w]
+                        dh[s, w] = dhv * ea[s, w]
+                    dB_part[blk, bi, gi, t, s] = sb
+                    dC_part[blk, bi, gi, t, s] = sc
+                ddt[bi, t, c0:c0 + w_] = acc_t
+                for w in range(w_):
+                    du[bi, t, c0 + w] = acc_u[w] * dtt[w]
+        dA_part[bi, :, c0:c0 + w_] = dA
+
+
+
+def _lanes(batch, dim_per_group, groups):
+    """Channels per job: 64 lanes vectorise best, but keep at least two jobs per thread."""
+    lanes = 64
+    while lanes > 16 and batch * groups * -(-dim_per_group // lanes) < 2 * numba.get_num_threads():
+        lanes //= 2
+    return lanes
+
+
+def checkpoint_shape(batch, dim, length, state):
+    return (batch, -(-length // CHUNK), state, dim)
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().contiguous().numpy()
+
+
+def _tm(t: torch.Tensor) -> np.ndarray:
+    """(batch, dim, length) -> time-major (batch, length, dim) numpy array."""
+    return _np(t.transpose(1, 2))
+
+
+def forward(u, dt, A, B, C, D, z, save_checkpoints):
+    b, d, length = u.shape
+    n = A.shape[1]
+    y = u.new_empty(b, length, d)
+    last = u.new_empty(b, n, d)
+    ckpt = u.new_empty(checkpoint_shape(b, d, length, n) if save_checkpoints else (1, 1, 1, 1))
+    _fwd(_tm(u), _tm(dt), _np(A.t()), _np(B.transpose(2, 3)), _np(C.transpose(2, 3)),
+        y.numpy(), last.numpy(), ckpt.numpy(), save_checkpoints, _lanes(b, d // B.shape[1], B.shape[1]))
+    y = y.transpose(1, 2)
+    if D is not None:
+        y = y + D[:, None] * u
+    if z is not None:
+        y = y * torch.nn.functional.silu(z)
+    return y.contiguous(), last.transpose(1, 2).contiguous(), ckpt if save_checkpoints else u.new_empty(0)
+
+
+def backward(u, dt, A, B, C, D, z, ckpt, dout, dlast):
+    b, d, length = u.shape
+    g, n = B.shape[1], A.shape[1]
+    lanes = _lanes(b, d // g, g)
+    nblk = -(-(d // g) // lanes)
+    dy = dout * torch.nn.functional.silu(z) if z is not None else dout
+    du, ddt, yp = (u.new_empty(b, length, d) for _ in range(3))
+    dA_part = u.new_empty(b, n, d)
+    dB_part, dC_part = (u.new_empty(nblk, b, g, length, n) for _ in range(2))
+    dlast = dlast.transpose(1, 2) if dlast is not None else u.new_zeros(b, n, d)
+    _bwd(_tm(u), _tm(dt), _np(A.t()), _np(B.transpose(2, 3)), _np(C.transpose(2, 3)), ckpt.numpy(),
+        _tm(dy), _np(dlast), du.numpy(), ddt.numpy(), dA_part.numpy(), dB_part.numpy(), dC_part.numpy(),
+        yp.numpy(), z is not None, lanes)
+    du, ddt = du.transpose(1, 2), ddt.transpose(1, 2)
+    dz = dD = None
+    if z is not None:
+        ypre = yp.transpose(1, 2) + (D[:, None] * u if D is not None else 0)
+        sz = torch.sigmoid(z)
+        dz = dout * ypre * sz * (1 + z * (1 - sz))
+    if D is not None:
+        du = du + D[:, None] * dy
+        dD = (dy * u).sum((0, 2))
+    return (du.contiguous(), ddt.contiguous(), dA_part.sum(0).t().contiguous(),
+            dB_part.sum(0).transpose(2, 3).contiguous(), dC_part.sum(0).transpose(2, 3).contiguous(), dD, dz)
+

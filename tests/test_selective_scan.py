@@ -1,0 +1,229 @@
+"""The selective scan: every backend against the reference loop, gradients, dtypes, bad input,
+and the custom op's integration (FLOP counting, torch.compile, torch.export)."""
+
+import math
+import operator
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from visionssm import available_backends, selective_scan, selective_scan_reference
+from visionssm.ops import scan_macs
+
+FAST = [b for b in available_backends("cpu") if b != "reference"]
+NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+
+
+def make_inputs(batch=2, dim=6, length=9, state=4, groups=None, dtype=torch.float32, seed=0,
+                dt_bias_shift=0.0):
+    """Inputs distributed as at Mamba's initialisation (dt log-uniform in [1e-3, 0.1], A = -(1..N))."""
+    g = torch.Generator().manual_seed(seed)
+    bc_shape = (batch, state, length) if groups is None else (batch, groups, state, length)
+    dt_init = torch.exp(torch.empty(dim).uniform_(math.log(1e-3), math.log(0.1), generator=g))
+    return dict(
+        u=torch.randn(batch, dim, length, generator=g, dtype=dtype),
+        delta=(0.5 * torch.randn(batch, dim, length, generator=g)).to(dtype),
+        A=-torch.arange(1, state + 1, dtype=dtype).repeat(dim, 1) * torch.rand(dim, 1, generator=g).to(dtype),
+        B=torch.randn(*bc_shape, generator=g, dtype=dtype),
+        C=torch.randn(*bc_shape, generator=g, dtype=dtype),
+        D=torch.randn(dim, generator=g, dtype=dtype),
+        z=torch.randn(batch, dim, length, generator=g, dtype=dtype),
+        delta_bias=(dt_init + torch.log(-torch.expm1(-dt_init)) + dt_bias_shift).to(dtype),
+    )
+
+
+def run(backend, inp, options, grad=True):
+    """Output, last state and the gradients of a loss that uses both (so dlast is exercised)."""
+    inp = {k: v.clone().requires_grad_(grad) for k, v in inp.items()}
+    kw = {k: inp[k] for k in ("D", "z", "delta_bias") if options.get(k, True)}
+    y, last = selective_scan(inp["u"], inp["delta"], inp["A"], inp["B"], inp["C"], **kw,
+                             delta_softplus=options.get("softplus", True), return_last_state=True,
+                             backend=backend)
+    if not grad:
+        return y, last, {}
+    w = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)
+    loss = (y * w).sum() + (last.to(y.dtype) ** 2).sum() * 0.1
+    loss.backward()
+    return y, last, {k: v.grad for k, v in inp.items() if v.grad is not None}
+
+
+OPTIONS = [
+    dict(),
+    dict(z=False),
+    dict(D=False, delta_bias=False),
+    dict(softplus=False, delta_bias=False),
+    dict(z=False, D=False, delta_bias=False, softplus=False),
+]
+
+
+def assert_close(a, b, rtol, atol, what):
+    err = (a - b).abs().max().item() if a.numel() else 0.0
+    scale = b.abs().max().item() if b.numel() else 0.0
+    assert err <= atol + rtol * scale, f"{what}: max abs error {err:.3g} (scale {scale:.3g})"
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "-".join(f"no_{k}" for k in o) or "all")
+@pytest.mark.parametrize("groups", [None, 3])
+@pytest.mark.parametrize("length", [1, 2, 7, 130])
+def test_matches_reference_float32(backend, options, groups, length):
+    inp = make_inputs(length=length, groups=groups)
+    y0, h0, g0 = run("reference", inp, options)
+    y1, h1, g1 = run(backend, inp, options)
+    assert y1.dtype == torch.float32 and y1.shape == y0.shape and h1.shape == h0.shape
+    assert_close(y1, y0, 1e-5, 1e-6, "y")
+    assert_close(h1, h0, 1e-5, 1e-6, "last state")
+    assert g1.keys() == g0.keys()
+    for k in g0:
+        assert g1[k].shape == g0[k].shape, k
+        assert_close(g1[k], g0[k], 1e-4, 1e-5, f"grad {k}")
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("groups", [None, 2])
+def test_gradcheck_float64(backend, groups):
+    inp = make_inputs(batch=1, dim=4, length=70, state=3, groups=groups, dtype=torch.float64)
+    tensors = tuple(inp[k].clone().requires_grad_() for k in NAMES)
+
+    def fn(*t):
+        y, last = selective_scan(*t[:5], D=t[5], z=t[6], delta_bias=t[7], delta_softplus=True,
+                                 return_last_state=True, backend=backend)
+        return y, last
+
+    assert torch.autograd.gradcheck(fn, tensors, eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+def test_reference_backward_is_linear_in_length():
+    """The reference must not take the O(L^2) autograd path of indexing per step (it would take minutes)."""
+    inp = make_inputs(batch=1, dim=2, length=4096, state=2)
+    _, _, grads = run("reference", inp, dict())
+    assert torch.isfinite(grads["u"]).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", FAST)
+def test_long_sequence_large_decay_is_finite(backend):
+    """16384 steps with |A| * sum(dt) far beyond the float32 exp range of a chunked cumsum form."""
+    inp = make_inputs(batch=1, dim=4, length=16384, state=4, dt_bias_shift=3.0)
+    inp["A"] = inp["A"] * 8
+    y0, h0, _ = run("reference", inp, dict(), grad=False)
+    y1, h1, g1 = run(backend, inp, dict())
+    assert (inp["A"].abs().max() * torch.nn.functional.softplus(inp["delta"] + inp["delta_bias"][:, None])
+            .sum(-1).max()) > 1e4
+    assert torch.isfinite(y1).all() and all(torch.isfinite(g).all() for g in g1.values())
+    assert_close(y1, y0, 1e-5, 1e-5, "y")
+    assert_close(h1, h0, 1e-5, 1e-5, "last state")
+
+
+@pytest.mark.parametrize("backend", FAST + ["reference"])
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 2e-2), (torch.float16, 2e-3)])
+def test_half_inputs_accumulate_in_float32(backend, dtype, tol):
+    inp = make_inputs(length=300, groups=2)
+    y32, h32, _ = run("reference", inp, dict(), grad=False)
+    low = {k: v.to(dtype) for k, v in inp.items()}
+    # the float32 answer for the rounded inputs: what a float32 state gives
+    y_want, h_want, _ = run("reference", {k: v.float() for k, v in low.items()}, dict(), grad=False)
+    y, h, grads = run(backend, low, dict())
+    assert y.dtype == dtype and h.dtype == torch.float32
+    assert grads["u"].dtype == dtype and grads["A"].dtype == dtype
+    assert_close(h, h_want, 1e-5, 1e-5, "last state")  # the state itself is float32-exact
+    assert_close(y.float(), y_want, tol, tol, "y")  # only the output rounding remains
+    assert_close(y.float(), y32, 5 * tol, 5 * tol, "y vs float32 inputs")
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_no_grad_forward_saves_nothing_and_agrees(backend):
+    inp = make_inputs(length=70)
+    with torch.no_grad():
+        y1 = selective_scan(*(inp[k] for k in NAMES[:5]), D=inp["D"], backend=backend)
+    y0 = selective_scan_reference(*(inp[k] for k in NAMES[:5]), D=inp["D"])
+    assert_close(y1, y0, 1e-5, 1e-6, "y")
+
+
+def test_auto_picks_the_fused_cpu_kernel():
+    assert available_backends("cpu")[0] == "cpu"
+    assert available_backends("cpu")[-1] == "reference"
+
+
+def test_flop_counter_counts_the_scan():
+    b, d, length, n = 2, 8, 11, 4
+    inp = make_inputs(batch=b, dim=d, length=length, state=n)
+    with FlopCounterMode(display=False) as fc:
+        selective_scan(*(inp[k] for k in NAMES[:5]), D=inp["D"], backend="cpu")
+    assert fc.get_total_flops() == 2 * scan_macs(b, d, length, n) == 2 * (9 * b * d * length * n + b * d * length)
+
+
+class _ScanModule(torch.nn.Module):
+    def __init__(self, dim, state):
+        super().__init__()
+        self.A = torch.nn.Parameter(-torch.rand(dim, state) - 0.5)
+        self.D = torch.nn.Parameter(torch.ones(dim))
+
+    def forward(self, u, delta, B, C):
+        return selective_scan(u, delta, self.A, B, C, D=self.D, delta_softplus=True)
+
+
+def _scan_module_inputs():
+    inp = make_inputs(batch=1, dim=6, length=10, state=4)
+    return _ScanModule(6, 4), (inp["u"], inp["delta"], inp["B"], inp["C"])
+
+
+def test_torch_export_keeps_one_opaque_node():
+    mod, args = _scan_module_inputs()
+    ep = torch.export.export(mod, args)
+    targets = [n.target for n in ep.graph.nodes if n.op == "call_function"]
+    assert targets.count(torch.ops.visionssm.selective_scan.default) == 1
+    assert set(targets) == {torch.ops.visionssm.selective_scan.default, operator.getitem}  # no loop unrolled
+    torch.testing.assert_close(ep.module()(*args), mod(*args))
+
+
+def test_torch_compile_full_graph_with_gradients():
+    mod, args = _scan_module_inputs()
+    compiled = torch.compile(mod, backend="aot_eager", fullgraph=True)
+    out = compiled(*args)
+    torch.testing.assert_close(out, mod(*args))
+    out.sum().backward()
+    grad_compiled = mod.A.grad.clone()
+    mod.A.grad = None
+    mod(*args).sum().backward()
+    torch.testing.assert_close(grad_compiled, mod.A.grad)
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input
+
+
+def _call(**changes):
+    inp = make_inputs()
+    inp.update(changes)
+    backend = inp.pop("backend", "auto")
+    return selective_scan(inp["u"], inp["delta"], inp["A"], inp["B"], inp["C"], D=inp["D"], z=inp["z"],
+                          delta_bias=inp["delta_bias"], backend=backend)
+
+
+@pytest.mark.parametrize("changes,pattern", [
+    (dict(u=torch.randn(2, 6)), r"u: expected a 3-D tensor, got shape \(2, 6\)"),
+    (dict(delta=torch.randn(2, 6, 8)), r"delta: expected shape \(2, 6, 9\) \(same as u\), got \(2, 6, 8\)"),
+    (dict(A=-torch.rand(5, 4)), r"A: expected shape \(6, state\).*got \(5, 4\)"),
+    (dict(B=torch.randn(2, 3, 9)), r"B: expected shape \(batch, state, length\) = \(2, 4, 9\), got \(2, 3, 9\)"),
+    (dict(C=torch.randn(2, 4, 4, 9)), r"C: dim 6 must be a multiple of groups, got groups=4"),
+    (dict(B=torch.randn(2, 5, 4, 9)), r"B: dim 6 must be a multiple of groups, got groups=5"),
+    (dict(D=torch.randn(7)), r"D: expected shape \(6,\), got \(7,\)"),
+    (dict(z=torch.randn(2, 6, 9, 1)), r"z: expected a 3-D tensor"),
+    (dict(delta_bias=torch.randn(3)), r"delta_bias: expected shape \(6,\), got \(3,\)"),
+    (dict(u=torch.randint(0, 3, (2, 6, 9))), r"u: expected a floating dtype .*got torch.int64"),
+    (dict(A=-torch.rand(6, 4, dtype=torch.complex64)), r"A: expected a real floating tensor, got torch.complex64"),
+    (dict(u=[1.0]), r"u: expected a torch.Tensor, got list"),
+    (dict(backend="cuda_kernel"), r"backend: expected one of .*got 'cuda_kernel'"),
+    (dict(D=torch.randn(6, device="meta")), r"all tensors must be on one device, got .*D: meta"),
+])
+def test_bad_input_names_argument_expected_and_given(changes, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        _call(**changes)
+
+
+def test_unavailable_backend_lists_the_available_ones():
+    with pytest.raises(ValueError, match=r"backend: 'cpu' is not available .*available on meta: \['torch', 'reference'\]"):
+        inp = {k: v.to("meta") for k, v in make_inputs().items()}
+        selective_scan(*(inp[k] for k in NAMES[:5]), backend="cpu")
