@@ -1,17 +1,20 @@
 """Fused CPU selective scan: numba kernels that keep the state in a small local array.
 
 One parallel job per (batch, group, block of ``lanes`` channels). The time loop is outermost, the
-state loop next and the channel lanes innermost, on time-major (batch, length, dim) inputs, so the
-inner loops are contiguous and vectorise. Nothing of size (batch, dim, length, state) is ever
-made: the forward writes y and, when gradients are needed, the state every ``CHUNK`` steps; the
-backward recomputes one chunk of states at a time from those checkpoints and walks it in reverse.
+state loop next and the channel lanes innermost; the state (state, lanes) and the decays of one
+step live in small local arrays, so the inner loops are contiguous and vectorise. u, delta, z and
+y stay in their (batch, dim, length) layout: each step reads and writes one value per lane (1/N
+of the work), and a job's lanes touch only ``lanes`` cache lines, so no transposed copies are
+made. Nothing of size (batch, dim, length, state) is ever made: the forward writes y and, when
+gradients are needed, the state every ``CHUNK`` steps; the backward recomputes one chunk of
+states at a time from those checkpoints and walks it in reverse.
 
 The work of this operator on a CPU is one exp per state update. numba has no vector exp here
 (no SVML), so float32 uses ``_exp_block``: round-to-nearest range reduction, a degree-6 polynomial
 for 2^f on [-1/2, 1/2] (relative error ~2e-7) and the 2^k factor added to the float's exponent
 bits through an int32 view, all in branch-free loops that LLVM vectorises. float64 (used for
-checking) takes ``math.exp``. The softplus of delta, the D skip and the silu(z) gate are
-elementwise work on (batch, dim, length) done by PyTorch around the kernel.
+checking) takes ``math.exp``. The D skip and the silu(z) gate are fused (forward and backward);
+the softplus of delta is done by PyTorch before the kernel.
 
 The interface is described in ``visionssm.ops.selective_scan``.
 """
@@ -73,9 +76,25 @@ def _zero_impl(a):
     return lambda a: zero
 
 
+@njit(inline="always")
+def _gather(x, bi, c0, t, out):
+    for w in range(out.shape[0]):
+        out[w] = x[bi, c0 + w, t]
+
+
+@njit(inline="always")
+def _sigmoid_lanes(zt, arg, e, tmp, out):
+    """out = sigmoid(zt) over the lanes, through the vectorised exp."""
+    for w in range(zt.shape[0]):
+        arg[w] = -zt[w]
+    _exp_block(arg, e, tmp)
+    for w in range(zt.shape[0]):
+        out[w] = 1 / (1 + e[w])
+
+
 @njit(parallel=True, cache=True)
-def _fwd(u, dt, At, Bm, Cm, y, last, ckpt, save, lanes):
-    nb, length, d = u.shape
+def _fwd(u, dt, z, Dv, At, Bm, Cm, y, last, ckpt, save, has_z, has_D, lanes):
+    nb, d, length = u.shape
     ng, n = Bm.shape[1], Bm.shape[3]
     dg = d // ng
     nblk = (dg + lanes - 1) // lanes
@@ -88,16 +107,17 @@ def _fwd(u, dt, At, Bm, Cm, y, last, ckpt, save, lanes):
         arg = np.empty((n, w_), u.dtype)
         ex = np.empty(n * w_, u.dtype)
         tmp = np.empty(n * w_, np.int32)
-        dtu = np.empty(w_, u.dtype)
-        acc = np.empty(w_, u.dtype)
+        lane = np.empty((6, w_), u.dtype)  # per-lane values of one step
+        ut, dtt, dtu, acc, zt, sg = lane[0], lane[1], lane[2], lane[3], lane[4], lane[5]
         Ab = At[:, c0:c0 + w_].copy()
         for t in range(length):
             if save and t % CHUNK == 0:
                 ckpt[bi, t // CHUNK, :, c0:c0 + w_] = h
-            dtt = dt[bi, t, c0:c0 + w_]
+            _gather(u, bi, c0, t, ut)
+            _gather(dt, bi, c0, t, dtt)
             for w in range(w_):
-                dtu[w] = dtt[w] * u[bi, t, c0 + w]
-                acc[w] = 0.0
+                dtu[w] = dtt[w] * ut[w]
+                acc[w] = Dv[c0 + w] * ut[w] if has_D else 0.0
             for s in range(n):
                 for w in range(w_):
                     arg[s, w] = dtt[w] * Ab[s, w]
@@ -110,12 +130,22 @@ def _fwd(u, dt, At, Bm, Cm, y, last, ckpt, save, lanes):
                     hv = ea[s, w] * h[s, w] + dtu[w] * bv
                     h[s, w] = hv
                     acc[w] += hv * cv
-            y[bi, t, c0:c0 + w_] = acc
-        last[bi, :, c0:c0 + w_] = h
+            if has_z:
+                _gather(z, bi, c0, t, zt)
+                _sigmoid_lanes(zt, arg[0], ex[:w_], tmp, sg)
+                for w in range(w_):
+                    acc[w] *= zt[w] * sg[w]
+            for w in range(w_):
+                y[bi, c0 + w, t] = acc[w]
+        for s in range(n):
+            for w in range(w_):
+                last[bi, c0 + w, s] = h[s, w]
+
 
 @njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
-def _bwd(u, dt, At, Bm, Cm, ckpt, dy, dlast, du, ddt, dA_part, dB_part, dC_part, yp, want_y, lanes):
-    nb, length, d = u.shape
+def _bwd(u, dt, z, Dv, At, Bm, Cm, ckpt, dout, dlast, du, ddt, dz, dD_part, dA_part, dB_part, dC_part,
+         has_z, has_D, lanes):
+    nb, d, length = u.shape
     ng, n = Bm.shape[1], Bm.shape[3]
     dg = d // ng
     nblk = (dg + lanes - 1) // lanes
@@ -126,47 +156,58 @@ def _bwd(u, dt, At, Bm, Cm, ckpt, dy, dlast, du, ddt, dA_part, dB_part, dC_part,
         c0 = gi * dg + blk * lanes
         w_ = min(lanes, gi * dg + dg - c0)
         Ab = At[:, c0:c0 + w_].copy()
-        dh = dlast[bi, :, c0:c0 + w_].copy()
+        dh = np.empty((n, w_), u.dtype)
+        for s in range(n):
+            for w in range(w_):
+                dh[s, w] = dlast[bi, c0 + w, s]
         dA = np.zeros((n, w_), u.dtype)
+        dDl = np.zeros(w_, u.dtype)
         Hs = np.empty((CHUNK + 1, n, w_), u.dtype)  # h_{s-1} .. h_{e-1} of the chunk
         Es = np.empty((CHUNK, n * w_), u.dtype)  # its decays
+        Ys = np.empty((CHUNK, w_), u.dtype)  # its y' = C.h + D u (for dz)
         arg = np.empty((n, w_), u.dtype)
         tmp = np.empty(n * w_, np.int32)
-        dtu = np.empty(w_, u.dtype)
-        acc_t = np.empty(w_, u.dtype)
-        acc_u = np.empty(w_, u.dtype)
+        lane = np.empty((9, w_), u.dtype)  # per-lane values of one step
+        ut, dtt, dtu, gy, zt, sg, acc_t, acc_u, ez = (lane[0], lane[1], lane[2], lane[3], lane[4], lane[5],
+                                                      lane[6], lane[7], lane[8])
         for k in range(nck - 1, -1, -1):
             s0 = k * CHUNK
             s1 = min(s0 + CHUNK, length)
             Hs[0] = ckpt[bi, k, :, c0:c0 + w_]
             for t in range(s0, s1):  # recompute the chunk's states
                 j = t - s0
-                dtt = dt[bi, t, c0:c0 + w_]
+                _gather(u, bi, c0, t, ut)
+                _gather(dt, bi, c0, t, dtt)
                 for s in range(n):
                     for w in range(w_):
                         arg[s, w] = dtt[w] * Ab[s, w]
-                ex = Es[j]
-                _exp_block(arg.reshape(n * w_), ex, tmp)
-                ea = ex.reshape((n, w_))
+                _exp_block(arg.reshape(n * w_), Es[j], tmp)
+                ea = Es[j].reshape((n, w_))
                 for w in range(w_):
-                    dtu[w] = dtt[w] * u[bi, t, c0 + w]
+                    dtu[w] = dtt[w] * ut[w]
                 for s in range(n):
                     bv = Bm[bi, gi, t, s]
                     for w in range(w_):
                         Hs[j + 1, s, w] = ea[s, w] * Hs[j, s, w] + dtu[w] * bv
-                if want_y:
+                if has_z:
                     for w in range(w_):
-                        acc_t[w] = 0.0
+                        acc_t[w] = Dv[c0 + w] * ut[w] if has_D else 0.0
                     for s in range(n):
                         cv = Cm[bi, gi, t, s]
                         for w in range(w_):
                             acc_t[w] += Hs[j + 1, s, w] * cv
-                    yp[bi, t, c0:c0 + w_] = acc_t
+                    Ys[j] = acc_t
             for t in range(s1 - 1, s0 - 1, -1):  # reverse walk: dh_t = C_t dy_t + a_{t+1} dh_{t+1}
                 j = t - s0
-                dtt = dt[bi, t, c0:c0 + w_]
-                ut = u[bi, t, c0:c0 + w_]
-                gy = dy[bi, t, c0:c0 + w_]
+                _gather(u, bi, c0, t, ut)
+                _gather(dt, bi, c0, t, dtt)
+                _gather(dout, bi, c0, t, gy)
+                if has_z:  # out = y' silu(z): dy' = dout silu(z), dz = dout y' silu'(z)
+                    _gather(z, bi, c0, t, zt)
+                    _sigmoid_lanes(zt, arg[0], ez, tmp, sg)
+                    for w in range(w_):
+                        dz[bi, c0 + w, t] = gy[w] * Ys[j, w] * sg[w] * (1 + zt[w] * (1 - sg[w]))
+                        gy[w] *= zt[w] * sg[w]
                 ea = Es[j].reshape((n, w_))
                 for w in range(w_):
                     dtu[w] = dtt[w] * ut[w]
@@ -188,11 +229,12 @@ def _bwd(u, dt, At, Bm, Cm, ckpt, dy, dlast, du, ddt, dA_part, dB_part, dC_part,
                         dh[s, w] = dhv * ea[s, w]
                     dB_part[blk, bi, gi, t, s] = sb
                     dC_part[blk, bi, gi, t, s] = sc
-                ddt[bi, t, c0:c0 + w_] = acc_t
                 for w in range(w_):
-                    du[bi, t, c0 + w] = acc_u[w] * dtt[w]
+                    ddt[bi, c0 + w, t] = acc_t[w]
+                    du[bi, c0 + w, t] = acc_u[w] * dtt[w] + (Dv[c0 + w] * gy[w] if has_D else 0.0)
+                    dDl[w] += gy[w] * ut[w]
         dA_part[bi, :, c0:c0 + w_] = dA
-
+        dD_part[bi, c0:c0 + w_] = dDl
 
 
 def _lanes(batch, dim_per_group, groups):
@@ -207,29 +249,28 @@ def checkpoint_shape(batch, dim, length, state):
     return (batch, -(-length // CHUNK), state, dim)
 
 
-def _np(t: torch.Tensor) -> np.ndarray:
+def _np(t: torch.Tensor | None, like: torch.Tensor) -> np.ndarray:
+    """A contiguous numpy view; a one-element stand-in for an absent optional input."""
+    if t is None:
+        t = like.new_zeros((1,) * like.dim())
     return t.detach().contiguous().numpy()
 
 
-def _tm(t: torch.Tensor) -> np.ndarray:
-    """(batch, dim, length) -> time-major (batch, length, dim) numpy array."""
-    return _np(t.transpose(1, 2))
+def _bc(M: torch.Tensor) -> np.ndarray:
+    """B or C (batch, groups, state, length) -> (batch, groups, length, state): a step's states contiguous."""
+    return M.detach().transpose(2, 3).contiguous().numpy()
 
 
 def forward(u, dt, A, B, C, D, z, save_checkpoints):
     b, d, length = u.shape
     n = A.shape[1]
-    y = u.new_empty(b, length, d)
-    last = u.new_empty(b, n, d)
+    y = torch.empty_like(u)
+    last = u.new_empty(b, d, n)
     ckpt = u.new_empty(checkpoint_shape(b, d, length, n) if save_checkpoints else (1, 1, 1, 1))
-    _fwd(_tm(u), _tm(dt), _np(A.t()), _np(B.transpose(2, 3)), _np(C.transpose(2, 3)),
-        y.numpy(), last.numpy(), ckpt.numpy(), save_checkpoints, _lanes(b, d // B.shape[1], B.shape[1]))
-    y = y.transpose(1, 2)
-    if D is not None:
-        y = y + D[:, None] * u
-    if z is not None:
-        y = y * torch.nn.functional.silu(z)
-    return y.contiguous(), last.transpose(1, 2).contiguous(), ckpt if save_checkpoints else u.new_empty(0)
+    _fwd(_np(u, u), _np(dt, u), _np(z, u), _np(D, A[:, 0]), _np(A.t(), A), _bc(B), _bc(C), y.numpy(),
+         last.numpy(), ckpt.numpy(), save_checkpoints, z is not None, D is not None,
+         _lanes(b, d // B.shape[1], B.shape[1]))
+    return y, last, ckpt if save_checkpoints else u.new_empty(0)
 
 
 def backward(u, dt, A, B, C, D, z, ckpt, dout, dlast):
@@ -237,23 +278,14 @@ def backward(u, dt, A, B, C, D, z, ckpt, dout, dlast):
     g, n = B.shape[1], A.shape[1]
     lanes = _lanes(b, d // g, g)
     nblk = -(-(d // g) // lanes)
-    dy = dout * torch.nn.functional.silu(z) if z is not None else dout
-    du, ddt, yp = (u.new_empty(b, length, d) for _ in range(3))
-    dA_part = u.new_empty(b, n, d)
+    du, ddt = torch.empty_like(u), torch.empty_like(u)
+    dz = torch.empty_like(u) if z is not None else u.new_empty(1, 1, 1)
+    dD_part, dA_part = u.new_empty(b, d), u.new_empty(b, n, d)
     dB_part, dC_part = (u.new_empty(nblk, b, g, length, n) for _ in range(2))
-    dlast = dlast.transpose(1, 2) if dlast is not None else u.new_zeros(b, n, d)
-    _bwd(_tm(u), _tm(dt), _np(A.t()), _np(B.transpose(2, 3)), _np(C.transpose(2, 3)), ckpt.numpy(),
-        _tm(dy), _np(dlast), du.numpy(), ddt.numpy(), dA_part.numpy(), dB_part.numpy(), dC_part.numpy(),
-        yp.numpy(), z is not None, lanes)
-    du, ddt = du.transpose(1, 2), ddt.transpose(1, 2)
-    dz = dD = None
-    if z is not None:
-        ypre = yp.transpose(1, 2) + (D[:, None] * u if D is not None else 0)
-        sz = torch.sigmoid(z)
-        dz = dout * ypre * sz * (1 + z * (1 - sz))
-    if D is not None:
-        du = du + D[:, None] * dy
-        dD = (dy * u).sum((0, 2))
-    return (du.contiguous(), ddt.contiguous(), dA_part.sum(0).t().contiguous(),
-            dB_part.sum(0).transpose(2, 3).contiguous(), dC_part.sum(0).transpose(2, 3).contiguous(), dD, dz)
-
+    dlast = dlast if dlast is not None else u.new_zeros(b, d, n)
+    _bwd(_np(u, u), _np(dt, u), _np(z, u), _np(D, A[:, 0]), _np(A.t(), A), _bc(B), _bc(C), ckpt.numpy(),
+         _np(dout, u), _np(dlast, u), du.numpy(), ddt.numpy(), dz.numpy(), dD_part.numpy(), dA_part.numpy(),
+         dB_part.numpy(), dC_part.numpy(), z is not None, D is not None, lanes)
+    return (du, ddt, dA_part.sum(0).t().contiguous(), dB_part.sum(0).transpose(2, 3).contiguous(),
+            dC_part.sum(0).transpose(2, 3).contiguous(), dD_part.sum(0) if D is not None else None,
+            dz if z is not None else None)

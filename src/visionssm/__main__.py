@@ -1,0 +1,5 @@
+import sys
+
+from visionssm.cli import main
+
+sys.exit(main())

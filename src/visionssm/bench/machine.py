@@ -1,0 +1,33 @@
+"""A one-line description of the machine a benchmark ran on."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import torch
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe(device: str = "cpu") -> str:
+    parts = [f"{cpu_model()}, {os.cpu_count()} logical cores, torch {torch.__version__} "
+             f"({torch.get_num_threads()} threads), Python {platform.python_version()}"]
+    try:
+        import numba
+
+        parts.append(f"numba {numba.__version__} ({numba.get_num_threads()} threads)")
+    except ImportError:
+        pass
+    if device.startswith("cuda") and torch.cuda.is_available():
+        parts.append(f"GPU {torch.cuda.get_device_name()}")
+    return ", ".join(parts)
