@@ -13,8 +13,8 @@ The work of this operator on a CPU is one exp per state update. numba has no vec
 (no SVML), so float32 uses ``_exp_block``: round-to-nearest range reduction, a degree-6 polynomial
 for 2^f on [-1/2, 1/2] (relative error ~2e-7) and the 2^k factor added to the float's exponent
 bits through an int32 view, all in branch-free loops that LLVM vectorises. float64 (used for
-checking) takes ``math.exp``. The D skip and the silu(z) gate are fused (forward and backward);
-the softplus of delta is done by PyTorch before the kernel.
+checking) takes ``math.exp``. The softplus of delta + delta_bias (log1p through an atanh series),
+the D skip and the silu(z) gate are fused too, forward and backward.
 
 The interface is described in ``visionssm.ops.selective_scan``.
 """
@@ -37,6 +37,7 @@ _LN2 = 0.6931471805599453
 _P = [_LN2**k / math.factorial(k) for k in range(7)]
 
 _P0, _P1, _P2, _P3, _P4, _P5, _P6 = (np.float32(c) for c in _P)
+_R3, _R5, _R7, _R9, _R11, _R13 = (np.float32(1 / k) for k in (3, 5, 7, 9, 11, 13))
 _LO, _HI, _L2E, _HALF = np.float32(-87.0), np.float32(88.0), np.float32(_LOG2E), np.float32(0.5)
 
 
@@ -66,6 +67,23 @@ def _exp_block_impl(x, e, tmp):
     return exp_f64
 
 
+def _log1p01(e):
+    """log(1 + e) for e in [0, 1] (numba only)."""
+
+
+@overload(_log1p01, inline="always")
+def _log1p01_impl(e):
+    if e == numba.float32:
+        def log1p_f32(e):
+            # 2 atanh(s) with s = e / (2 + e) in [0, 1/3]: no cancellation for small e, error ~1e-8
+            s = e / (np.float32(2.0) + e)
+            s2 = s * s
+            return np.float32(2.0) * s * (np.float32(1.0) + s2 * (_R3 + s2 * (_R5 + s2 * (
+                _R7 + s2 * (_R9 + s2 * (_R11 + s2 * _R13))))))
+        return log1p_f32
+    return lambda e: math.log1p(e)
+
+
 def _zero(a):
     """A zero of a's dtype (numba only)."""
 
@@ -92,8 +110,26 @@ def _sigmoid_lanes(zt, arg, e, tmp, out):
         out[w] = 1 / (1 + e[w])
 
 
+@njit(inline="always")
+def _dt_lanes(delta, bias, has_bias, softplus, bi, c0, t, arg, e, tmp, dt, sig):
+    """dt = softplus(delta + bias) over the lanes, and sig = its derivative sigmoid(delta + bias).
+
+    softplus(x) = max(x, 0) + log1p(exp(-|x|)), with the exp vectorised.
+    """
+    for w in range(dt.shape[0]):
+        dt[w] = delta[bi, c0 + w, t] + (bias[c0 + w] if has_bias else 0.0)
+    if softplus:
+        for w in range(dt.shape[0]):
+            arg[w] = -abs(dt[w])
+        _exp_block(arg, e, tmp)
+        for w in range(dt.shape[0]):
+            x = dt[w]
+            dt[w] = max(x, 0.0) + _log1p01(e[w])
+            sig[w] = (1 if x >= 0 else e[w]) / (1 + e[w])
+
+
 @njit(parallel=True, cache=True)
-def _fwd(u, dt, z, Dv, At, Bm, Cm, y, last, ckpt, save, has_z, has_D, lanes):
+def _fwd(u, delta, bias, z, Dv, At, Bm, Cm, y, last, ckpt, save, has_bias, softplus, has_z, has_D, lanes):
     nb, d, length = u.shape
     ng, n = Bm.shape[1], Bm.shape[3]
     dg = d // ng
@@ -114,7 +150,7 @@ def _fwd(u, dt, z, Dv, At, Bm, Cm, y, last, ckpt, save, has_z, has_D, lanes):
             if save and t % CHUNK == 0:
                 ckpt[bi, t // CHUNK, :, c0:c0 + w_] = h
             _gather(u, bi, c0, t, ut)
-            _gather(dt, bi, c0, t, dtt)
+            _dt_lanes(delta, bias, has_bias, softplus, bi, c0, t, arg[0], ex[:w_], tmp, dtt, sg)
             for w in range(w_):
                 dtu[w] = dtt[w] * ut[w]
                 acc[w] = Dv[c0 + w] * ut[w] if has_D else 0.0
@@ -143,8 +179,8 @@ def _fwd(u, dt, z, Dv, At, Bm, Cm, y, last, ckpt, save, has_z, has_D, lanes):
 
 
 @njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
-def _bwd(u, dt, z, Dv, At, Bm, Cm, ckpt, dout, dlast, du, ddt, dz, dD_part, dA_part, dB_part, dC_part,
-         has_z, has_D, lanes):
+def _bwd(u, delta, bias, z, Dv, At, Bm, Cm, ckpt, dout, dlast, du, ddelta, dz, dD_part, dbias_part, dA_part,
+         dB_part, dC_part, has_bias, softplus, has_z, has_D, lanes):
     nb, d, length = u.shape
     ng, n = Bm.shape[1], Bm.shape[3]
     dg = d // ng
@@ -162,14 +198,15 @@ def _bwd(u, dt, z, Dv, At, Bm, Cm, ckpt, dout, dlast, du, ddt, dz, dD_part, dA_p
                 dh[s, w] = dlast[bi, c0 + w, s]
         dA = np.zeros((n, w_), u.dtype)
         dDl = np.zeros(w_, u.dtype)
+        dbl = np.zeros(w_, u.dtype)
         Hs = np.empty((CHUNK + 1, n, w_), u.dtype)  # h_{s-1} .. h_{e-1} of the chunk
         Es = np.empty((CHUNK, n * w_), u.dtype)  # its decays
         Ys = np.empty((CHUNK, w_), u.dtype)  # its y' = C.h + D u (for dz)
         arg = np.empty((n, w_), u.dtype)
         tmp = np.empty(n * w_, np.int32)
-        lane = np.empty((9, w_), u.dtype)  # per-lane values of one step
-        ut, dtt, dtu, gy, zt, sg, acc_t, acc_u, ez = (lane[0], lane[1], lane[2], lane[3], lane[4], lane[5],
-                                                      lane[6], lane[7], lane[8])
+        lane = np.empty((10, w_), u.dtype)  # per-lane values of one step
+        ut, dtt, dtu, gy, zt, sg, acc_t, acc_u, ez, sp = (lane[0], lane[1], lane[2], lane[3], lane[4], lane[5],
+                                                          lane[6], lane[7], lane[8], lane[9])
         for k in range(nck - 1, -1, -1):
             s0 = k * CHUNK
             s1 = min(s0 + CHUNK, length)
@@ -177,7 +214,7 @@ def _bwd(u, dt, z, Dv, At, Bm, Cm, ckpt, dout, dlast, du, ddt, dz, dD_part, dA_p
             for t in range(s0, s1):  # recompute the chunk's states
                 j = t - s0
                 _gather(u, bi, c0, t, ut)
-                _gather(dt, bi, c0, t, dtt)
+                _dt_lanes(delta, bias, has_bias, softplus, bi, c0, t, arg[0], ez, tmp, dtt, sp)
                 for s in range(n):
                     for w in range(w_):
                         arg[s, w] = dtt[w] * Ab[s, w]
@@ -200,7 +237,7 @@ def _bwd(u, dt, z, Dv, At, Bm, Cm, ckpt, dout, dlast, du, ddt, dz, dD_part, dA_p
             for t in range(s1 - 1, s0 - 1, -1):  # reverse walk: dh_t = C_t dy_t + a_{t+1} dh_{t+1}
                 j = t - s0
                 _gather(u, bi, c0, t, ut)
-                _gather(dt, bi, c0, t, dtt)
+                _dt_lanes(delta, bias, has_bias, softplus, bi, c0, t, arg[0], ez, tmp, dtt, sp)
                 _gather(dout, bi, c0, t, gy)
                 if has_z:  # out = y' silu(z): dy' = dout silu(z), dz = dout y' silu'(z)
                     _gather(z, bi, c0, t, zt)
@@ -221,8 +258,8 @@ def _bwd(u, dt, z, Dv, At, Bm, Cm, ckpt, dout, dlast, du, ddt, dz, dD_part, dA_p
                     for w in range(w_):
                         dhv = dh[s, w] + gy[w] * cv
                         q = dhv * Hs[j, s, w] * ea[s, w]  # d loss / d (dt A)
-                        acc_t[w] += dhv * bv * ut[w] + q * Ab[s, w]
-                        acc_u[w] += dhv * bv
+                        acc_t[w] += q * Ab[s, w]
+                        acc_u[w] += dhv * bv  # sum_s dh B: d loss / d (dt u)
                         dA[s, w] += q * dtt[w]
                         sb += dhv * dtu[w]
                         sc += gy[w] * Hs[j + 1, s, w]
@@ -230,11 +267,15 @@ def _bwd(u, dt, z, Dv, At, Bm, Cm, ckpt, dout, dlast, du, ddt, dz, dD_part, dA_p
                     dB_part[blk, bi, gi, t, s] = sb
                     dC_part[blk, bi, gi, t, s] = sc
                 for w in range(w_):
-                    ddt[bi, c0 + w, t] = acc_t[w]
+                    g = acc_t[w] + acc_u[w] * ut[w]  # d loss / d dt
+                    g = g * sp[w] if softplus else g  # through the softplus
+                    ddelta[bi, c0 + w, t] = g
+                    dbl[w] += g
                     du[bi, c0 + w, t] = acc_u[w] * dtt[w] + (Dv[c0 + w] * gy[w] if has_D else 0.0)
                     dDl[w] += gy[w] * ut[w]
         dA_part[bi, :, c0:c0 + w_] = dA
         dD_part[bi, c0:c0 + w_] = dDl
+        dbias_part[bi, c0:c0 + w_] = dbl
 
 
 def _lanes(batch, dim_per_group, groups):
@@ -261,31 +302,32 @@ def _bc(M: torch.Tensor) -> np.ndarray:
     return M.detach().transpose(2, 3).contiguous().numpy()
 
 
-def forward(u, dt, A, B, C, D, z, save_checkpoints):
+def forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save_checkpoints):
     b, d, length = u.shape
     n = A.shape[1]
     y = torch.empty_like(u)
     last = u.new_empty(b, d, n)
     ckpt = u.new_empty(checkpoint_shape(b, d, length, n) if save_checkpoints else (1, 1, 1, 1))
-    _fwd(_np(u, u), _np(dt, u), _np(z, u), _np(D, A[:, 0]), _np(A.t(), A), _bc(B), _bc(C), y.numpy(),
-         last.numpy(), ckpt.numpy(), save_checkpoints, z is not None, D is not None,
-         _lanes(b, d // B.shape[1], B.shape[1]))
+    _fwd(_np(u, u), _np(delta, u), _np(delta_bias, A[:, 0]), _np(z, u), _np(D, A[:, 0]), _np(A.t(), A), _bc(B),
+         _bc(C), y.numpy(), last.numpy(), ckpt.numpy(), save_checkpoints, delta_bias is not None,
+         delta_softplus, z is not None, D is not None, _lanes(b, d // B.shape[1], B.shape[1]))
     return y, last, ckpt if save_checkpoints else u.new_empty(0)
 
 
-def backward(u, dt, A, B, C, D, z, ckpt, dout, dlast):
+def backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ckpt, dout, dlast):
     b, d, length = u.shape
     g, n = B.shape[1], A.shape[1]
     lanes = _lanes(b, d // g, g)
     nblk = -(-(d // g) // lanes)
-    du, ddt = torch.empty_like(u), torch.empty_like(u)
+    du, ddelta = torch.empty_like(u), torch.empty_like(u)
     dz = torch.empty_like(u) if z is not None else u.new_empty(1, 1, 1)
-    dD_part, dA_part = u.new_empty(b, d), u.new_empty(b, n, d)
+    dD_part, dbias_part, dA_part = u.new_empty(b, d), u.new_empty(b, d), u.new_empty(b, n, d)
     dB_part, dC_part = (u.new_empty(nblk, b, g, length, n) for _ in range(2))
     dlast = dlast if dlast is not None else u.new_zeros(b, d, n)
-    _bwd(_np(u, u), _np(dt, u), _np(z, u), _np(D, A[:, 0]), _np(A.t(), A), _bc(B), _bc(C), ckpt.numpy(),
-         _np(dout, u), _np(dlast, u), du.numpy(), ddt.numpy(), dz.numpy(), dD_part.numpy(), dA_part.numpy(),
-         dB_part.numpy(), dC_part.numpy(), z is not None, D is not None, lanes)
-    return (du, ddt, dA_part.sum(0).t().contiguous(), dB_part.sum(0).transpose(2, 3).contiguous(),
+    _bwd(_np(u, u), _np(delta, u), _np(delta_bias, A[:, 0]), _np(z, u), _np(D, A[:, 0]), _np(A.t(), A), _bc(B),
+         _bc(C), ckpt.numpy(), _np(dout, u), _np(dlast, u), du.numpy(), ddelta.numpy(), dz.numpy(),
+         dD_part.numpy(), dbias_part.numpy(), dA_part.numpy(), dB_part.numpy(), dC_part.numpy(),
+         delta_bias is not None, delta_softplus, z is not None, D is not None, lanes)
+    return (du, ddelta, dA_part.sum(0).t().contiguous(), dB_part.sum(0).transpose(2, 3).contiguous(),
             dC_part.sum(0).transpose(2, 3).contiguous(), dD_part.sum(0) if D is not None else None,
-            dz if z is not None else None)
+            dz if z is not None else None, dbias_part.sum(0) if delta_bias is not None else None)

@@ -19,6 +19,18 @@ import torch
 CHUNK = 128
 
 
+def delta_to_dt(delta, delta_bias, delta_softplus):
+    """dt = softplus(delta + delta_bias) (each part optional); also returns the pre-softplus value."""
+    x = delta if delta_bias is None else delta + delta_bias[:, None]
+    return (torch.nn.functional.softplus(x) if delta_softplus else x), x
+
+
+def dt_grad_to_delta(ddt, x, delta_bias, delta_softplus):
+    """Chain d loss / d dt through the softplus: (ddelta, ddelta_bias or None)."""
+    ddelta = ddt * torch.sigmoid(x) if delta_softplus else ddt
+    return ddelta, (ddelta.sum((0, 2)) if delta_bias is not None else None)
+
+
 def checkpoint_shape(batch, dim, length, state):
     return (batch, -(-length // CHUNK), dim, state)
 
@@ -44,7 +56,8 @@ def _block_states(h0, u_t, dt_t, A, B_t):
     return a, H
 
 
-def forward(u, dt, A, B, C, D, z, save_checkpoints):
+def forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save_checkpoints):
+    dt, _ = delta_to_dt(delta, delta_bias, delta_softplus)
     b, d, length = u.shape
     g, n = B.shape[1], A.shape[1]
     Ag = A.view(g, d // g, n)
@@ -67,7 +80,8 @@ def forward(u, dt, A, B, C, D, z, save_checkpoints):
     return y, h.reshape(b, d, n).clone(), ckpt
 
 
-def backward(u, dt, A, B, C, D, z, ckpt, dout, dlast):
+def backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ckpt, dout, dlast):
+    dt, x = delta_to_dt(delta, delta_bias, delta_softplus)
     b, d, length = u.shape
     g, n = B.shape[1], A.shape[1]
     dg = d // g
@@ -114,4 +128,5 @@ def backward(u, dt, A, B, C, D, z, ckpt, dout, dlast):
     if D is not None:
         du += D[:, None] * dy
         dD = (dy * u).sum((0, 2))
-    return du, ddt, dA.view(d, n), dB, dC, dD, dz
+    ddelta, ddelta_bias = dt_grad_to_delta(ddt, x, delta_bias, delta_softplus)
+    return du, ddelta, dA.view(d, n), dB, dC, dD, dz, ddelta_bias

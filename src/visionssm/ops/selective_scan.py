@@ -10,10 +10,13 @@ backward op, so that
 * ``torch.compile`` and ``torch.export`` see one node instead of unrolling a loop over time.
 
 A backend module provides ``checkpoint_shape(batch, dim, length, state)``,
-``forward(u, dt, A, B, C, D, z, save_checkpoints)`` returning
-``(y, last_state, checkpoints)`` and ``backward(u, dt, A, B, C, D, z, checkpoints, dout, dlast)``
-returning ``(du, ddt, dA, dB, dC, dD, dz)``, all in float32 with B and C grouped
-(batch, groups, state, length). The softplus of delta and its gradient are shared and live here.
+``forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save_checkpoints)`` returning
+``(y, last_state, checkpoints)`` and
+``backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, checkpoints, dout, dlast)``
+returning ``(du, ddelta, dA, dB, dC, dD, dz, ddelta_bias)`` (None for an absent input), all in
+float32 (float64 for float64 inputs) with B and C grouped (batch, groups, state, length).
+``visionssm.ops.scan_torch.delta_to_dt`` / ``dt_grad_to_delta`` do the softplus in PyTorch for a
+backend that does not fuse it.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from __future__ import annotations
 import importlib
 
 import torch
-import torch.nn.functional as F
 from torch.utils.flop_counter import register_flop_formula
 
 from visionssm.ops.scan_reference import selective_scan_reference
@@ -166,21 +168,15 @@ def _grouped(M: torch.Tensor, dtype) -> torch.Tensor:
     return (M if M.dim() == 4 else M.unsqueeze(1)).to(dtype)
 
 
-def _pre_softplus(delta, delta_bias, dtype):
-    x = delta.to(dtype)
-    return x if delta_bias is None else x + delta_bias.to(dtype)[:, None]
-
-
 @torch.library.custom_op("visionssm::selective_scan", mutates_args=())
 def _scan_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
              D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
              delta_softplus: bool, backend: str, save_checkpoints: bool
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     w = _wide(u)
-    x = _pre_softplus(delta, delta_bias, w)
     y, last, ckpt = _backend_module(backend).forward(
-        u.to(w), F.softplus(x) if delta_softplus else x, A.to(w), _grouped(B, w), _grouped(C, w),
-        _cast(D, w), _cast(z, w), save_checkpoints)
+        u.to(w), delta.to(w), A.to(w), _grouped(B, w), _grouped(C, w), _cast(D, w), _cast(z, w),
+        _cast(delta_bias, w), delta_softplus, save_checkpoints)
     return y.to(u.dtype), last, ckpt
 
 
@@ -201,16 +197,14 @@ def _scan_backward_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: 
                       ) -> list[torch.Tensor]:
     """Gradients for (u, delta, A, B, C, D, z, delta_bias); an empty tensor where an input is None."""
     w = _wide(u)
-    x = _pre_softplus(delta, delta_bias, w)
-    du, ddt, dA, dB, dC, dD, dz = _backend_module(backend).backward(
-        u.to(w), F.softplus(x) if delta_softplus else x, A.to(w), _grouped(B, w), _grouped(C, w),
-        _cast(D, w), _cast(z, w), checkpoints, dout.to(w), _cast(dlast, w))
-    ddelta = ddt * torch.sigmoid(x) if delta_softplus else ddt
+    du, ddelta, dA, dB, dC, dD, dz, ddelta_bias = _backend_module(backend).backward(
+        u.to(w), delta.to(w), A.to(w), _grouped(B, w), _grouped(C, w), _cast(D, w), _cast(z, w),
+        _cast(delta_bias, w), delta_softplus, checkpoints, dout.to(w), _cast(dlast, w))
     if B.dim() == 3:
         dB, dC = dB.squeeze(1), dC.squeeze(1)
     return [du.to(u.dtype), ddelta.to(delta.dtype), dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
             u.new_empty(0) if D is None else dD.to(D.dtype), u.new_empty(0) if z is None else dz.to(z.dtype),
-            u.new_empty(0) if delta_bias is None else ddelta.sum((0, 2)).to(delta_bias.dtype)]
+            u.new_empty(0) if delta_bias is None else ddelta_bias.to(delta_bias.dtype)]
 
 
 @_scan_backward_op.register_fake
