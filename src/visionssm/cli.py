@@ -1,34 +1,54 @@
-"""The ``visionssm`` command: parses the command line and hands over to a task."""
+"""The ``visionssm`` command: finds the task for a sub-command and hands it the rest of the line.
+
+Each task module has ``main(argv) -> int | None`` and parses its own arguments, so
+``visionssm <command> --help`` shows that task's options.
+"""
 
 from __future__ import annotations
 
-import argparse
+import importlib
 import os
 import sys
 
-BENCHMARKS = {"scan": "visionssm.bench.scan"}
+# command -> (module with main(argv), one-line help)
+COMMANDS = {
+    "bench": ("visionssm.bench", "benchmarks: 'scan' (the selective-scan backends)"),
+    "models": ("visionssm.cli", "list this library's models"),  # handled here: models_main
+}
+
+
+def models_main(argv):
+    import argparse
+
+    import visionssm
+
+    p = argparse.ArgumentParser(prog="visionssm models", description="List this library's models.")
+    p.add_argument("pattern", nargs="?", default="*", help="wildcard filter, e.g. 'vim*'")
+    args = p.parse_args(argv)
+    print("\n".join(visionssm.list_models(args.pattern)))
+    return 0
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "usage: visionssm <command> [options]\n\ncommands:\n" + "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download at run time
-    argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="visionssm", description="Vision state space models.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    bench = sub.add_parser("bench", help="run a benchmark", add_help=False)
-    bench.add_argument("target", nargs="?", choices=sorted(BENCHMARKS), default="scan")
-    sub.add_parser("models", help="list this library's models")
-    args, rest = parser.parse_known_args(argv)
-    if args.command == "bench":
-        import importlib
-
-        importlib.import_module(BENCHMARKS[args.target]).main(rest)
-    elif args.command == "models":
-        if rest:
-            parser.error(f"models: unexpected arguments {rest}")
-        import visionssm
-
-        print("\n".join(visionssm.list_models()))
-    return 0
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"visionssm: unknown command {command!r}; expected one of {sorted(COMMANDS)}\n\n{usage()}",
+              file=sys.stderr)
+        return 2
+    if command == "models":
+        return models_main(rest)
+    return importlib.import_module(COMMANDS[command][0]).main(rest) or 0
 
 
 if __name__ == "__main__":
