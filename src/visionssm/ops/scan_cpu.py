@@ -95,9 +95,18 @@ def _zero_impl(a):
 
 
 @njit(inline="always")
-def _gather(x, bi, c0, t, out):
-    for w in range(out.shape[0]):
-        out[w] = x[bi, c0 + w, t]
+def _load_tile(src, bi, c0, t0, tile):
+    """tile[j, w] = src[bi, c0 + w, t0 + j]: each channel's run of time steps is read contiguously."""
+    for w in range(tile.shape[1]):
+        for j in range(tile.shape[0]):
+            tile[j, w] = src[bi, c0 + w, t0 + j]
+
+
+@njit(inline="always")
+def _store_tile(tile, dst, bi, c0, t0):
+    for w in range(tile.shape[1]):
+        for j in range(tile.shape[0]):
+            dst[bi, c0 + w, t0 + j] = tile[j, w]
 
 
 @njit(inline="always")
@@ -111,21 +120,21 @@ def _sigmoid_lanes(zt, arg, e, tmp, out):
 
 
 @njit(inline="always")
-def _dt_lanes(delta, bias, has_bias, softplus, bi, c0, t, arg, e, tmp, dt, sig):
-    """dt = softplus(delta + bias) over the lanes, and sig = its derivative sigmoid(delta + bias).
+def _dt_lanes(x, bias, has_bias, softplus, arg, e, tmp, dt, sig):
+    """dt = softplus(x + bias) over the lanes, and sig = its derivative sigmoid(x + bias).
 
-    softplus(x) = max(x, 0) + log1p(exp(-|x|)), with the exp vectorised.
+    softplus(v) = max(v, 0) + log1p(exp(-|v|)), with the exp vectorised.
     """
     for w in range(dt.shape[0]):
-        dt[w] = delta[bi, c0 + w, t] + (bias[c0 + w] if has_bias else 0.0)
+        dt[w] = x[w] + bias[w] if has_bias else x[w]
     if softplus:
         for w in range(dt.shape[0]):
             arg[w] = -abs(dt[w])
         _exp_block(arg, e, tmp)
         for w in range(dt.shape[0]):
-            x = dt[w]
-            dt[w] = max(x, 0.0) + _log1p01(e[w])
-            sig[w] = (1 if x >= 0 else e[w]) / (1 + e[w])
+            v = dt[w]
+            dt[w] = max(v, 0.0) + _log1p01(e[w])
+            sig[w] = (1 if v >= 0 else e[w]) / (1 + e[w])
 
 
 @njit(parallel=True, cache=True)
@@ -143,36 +152,47 @@ def _fwd(u, delta, bias, z, Dv, At, Bm, Cm, y, last, ckpt, save, has_bias, softp
         arg = np.empty((n, w_), u.dtype)
         ex = np.empty(n * w_, u.dtype)
         tmp = np.empty(n * w_, np.int32)
-        lane = np.empty((6, w_), u.dtype)  # per-lane values of one step
-        ut, dtt, dtu, acc, zt, sg = lane[0], lane[1], lane[2], lane[3], lane[4], lane[5]
+        tiles = np.empty((4, CHUNK, w_), u.dtype)  # u, delta, z, y of one chunk, time-major
+        lane = np.empty((4, w_), u.dtype)  # per-lane values of one step
+        dtt, dtu, acc, sg = lane[0], lane[1], lane[2], lane[3]
         Ab = At[:, c0:c0 + w_].copy()
-        for t in range(length):
-            if save and t % CHUNK == 0:
-                ckpt[bi, t // CHUNK, :, c0:c0 + w_] = h
-            _gather(u, bi, c0, t, ut)
-            _dt_lanes(delta, bias, has_bias, softplus, bi, c0, t, arg[0], ex[:w_], tmp, dtt, sg)
-            for w in range(w_):
-                dtu[w] = dtt[w] * ut[w]
-                acc[w] = Dv[c0 + w] * ut[w] if has_D else 0.0
-            for s in range(n):
-                for w in range(w_):
-                    arg[s, w] = dtt[w] * Ab[s, w]
-            _exp_block(arg.reshape(n * w_), ex, tmp)
-            ea = ex.reshape((n, w_))
-            for s in range(n):
-                bv = Bm[bi, gi, t, s]
-                cv = Cm[bi, gi, t, s]
-                for w in range(w_):
-                    hv = ea[s, w] * h[s, w] + dtu[w] * bv
-                    h[s, w] = hv
-                    acc[w] += hv * cv
+        Dl = Dv[c0:c0 + w_].copy() if has_D else np.zeros(w_, u.dtype)
+        bl = bias[c0:c0 + w_].copy() if has_bias else np.zeros(w_, u.dtype)
+        for t0 in range(0, length, CHUNK):
+            t1 = min(t0 + CHUNK, length)
+            if save:
+                ckpt[bi, t0 // CHUNK, :, c0:c0 + w_] = h
+            U, X, Z, Y = tiles[0, :t1 - t0], tiles[1, :t1 - t0], tiles[2, :t1 - t0], tiles[3, :t1 - t0]
+            _load_tile(u, bi, c0, t0, U)
+            _load_tile(delta, bi, c0, t0, X)
             if has_z:
-                _gather(z, bi, c0, t, zt)
-                _sigmoid_lanes(zt, arg[0], ex[:w_], tmp, sg)
+                _load_tile(z, bi, c0, t0, Z)
+            for j in range(t1 - t0):
+                t = t0 + j
+                ut = U[j]
+                _dt_lanes(X[j], bl, has_bias, softplus, arg[0], ex[:w_], tmp, dtt, sg)
                 for w in range(w_):
-                    acc[w] *= zt[w] * sg[w]
-            for w in range(w_):
-                y[bi, c0 + w, t] = acc[w]
+                    dtu[w] = dtt[w] * ut[w]
+                    acc[w] = Dl[w] * ut[w]
+                for s in range(n):
+                    for w in range(w_):
+                        arg[s, w] = dtt[w] * Ab[s, w]
+                _exp_block(arg.reshape(n * w_), ex, tmp)
+                ea = ex.reshape((n, w_))
+                for s in range(n):
+                    bv = Bm[bi, gi, t, s]
+                    cv = Cm[bi, gi, t, s]
+                    for w in range(w_):
+                        hv = ea[s, w] * h[s, w] + dtu[w] * bv
+                        h[s, w] = hv
+                        acc[w] += hv * cv
+                if has_z:
+                    zt = Z[j]
+                    _sigmoid_lanes(zt, arg[0], ex[:w_], tmp, sg)
+                    for w in range(w_):
+                        acc[w] *= zt[w] * sg[w]
+                Y[j] = acc
+            _store_tile(Y, y, bi, c0, t0)
         for s in range(n):
             for w in range(w_):
                 last[bi, c0 + w, s] = h[s, w]
@@ -192,6 +212,8 @@ def _bwd(u, delta, bias, z, Dv, At, Bm, Cm, ckpt, dout, dlast, du, ddelta, dz, d
         c0 = gi * dg + blk * lanes
         w_ = min(lanes, gi * dg + dg - c0)
         Ab = At[:, c0:c0 + w_].copy()
+        Dl = Dv[c0:c0 + w_].copy() if has_D else np.zeros(w_, u.dtype)
+        bl = bias[c0:c0 + w_].copy() if has_bias else np.zeros(w_, u.dtype)
         dh = np.empty((n, w_), u.dtype)
         for s in range(n):
             for w in range(w_):
@@ -201,20 +223,30 @@ def _bwd(u, delta, bias, z, Dv, At, Bm, Cm, ckpt, dout, dlast, du, ddelta, dz, d
         dbl = np.zeros(w_, u.dtype)
         Hs = np.empty((CHUNK + 1, n, w_), u.dtype)  # h_{s-1} .. h_{e-1} of the chunk
         Es = np.empty((CHUNK, n * w_), u.dtype)  # its decays
-        Ys = np.empty((CHUNK, w_), u.dtype)  # its y' = C.h + D u (for dz)
+        # time-major tiles of one chunk: inputs u, delta, z, dout; recomputed dt, softplus', y' = C.h + D u;
+        # outputs du, ddelta, dz
+        tiles = np.empty((10, CHUNK, w_), u.dtype)
         arg = np.empty((n, w_), u.dtype)
         tmp = np.empty(n * w_, np.int32)
-        lane = np.empty((10, w_), u.dtype)  # per-lane values of one step
-        ut, dtt, dtu, gy, zt, sg, acc_t, acc_u, ez, sp = (lane[0], lane[1], lane[2], lane[3], lane[4], lane[5],
-                                                          lane[6], lane[7], lane[8], lane[9])
+        lane = np.empty((6, w_), u.dtype)  # per-lane values of one step
+        dtu, gy, sg, acc_t, acc_u, ez = lane[0], lane[1], lane[2], lane[3], lane[4], lane[5]
         for k in range(nck - 1, -1, -1):
-            s0 = k * CHUNK
-            s1 = min(s0 + CHUNK, length)
+            t0 = k * CHUNK
+            t1 = min(t0 + CHUNK, length)
+            m = t1 - t0
+            U, X, Z, G, DT, SP, Ys = (tiles[0, :m], tiles[1, :m], tiles[2, :m], tiles[3, :m], tiles[4, :m],
+                                      tiles[5, :m], tiles[6, :m])
+            dU, dX, dZ = tiles[7, :m], tiles[8, :m], tiles[9, :m]
+            _load_tile(u, bi, c0, t0, U)
+            _load_tile(delta, bi, c0, t0, X)
+            _load_tile(dout, bi, c0, t0, G)
+            if has_z:
+                _load_tile(z, bi, c0, t0, Z)
             Hs[0] = ckpt[bi, k, :, c0:c0 + w_]
-            for t in range(s0, s1):  # recompute the chunk's states
-                j = t - s0
-                _gather(u, bi, c0, t, ut)
-                _dt_lanes(delta, bias, has_bias, softplus, bi, c0, t, arg[0], ez, tmp, dtt, sp)
+            for j in range(m):  # recompute the chunk's states
+                t = t0 + j
+                ut, dtt = U[j], DT[j]
+                _dt_lanes(X[j], bl, has_bias, softplus, arg[0], ez, tmp, dtt, SP[j])
                 for s in range(n):
                     for w in range(w_):
                         arg[s, w] = dtt[w] * Ab[s, w]
@@ -228,22 +260,22 @@ def _bwd(u, delta, bias, z, Dv, At, Bm, Cm, ckpt, dout, dlast, du, ddelta, dz, d
                         Hs[j + 1, s, w] = ea[s, w] * Hs[j, s, w] + dtu[w] * bv
                 if has_z:
                     for w in range(w_):
-                        acc_t[w] = Dv[c0 + w] * ut[w] if has_D else 0.0
+                        acc_t[w] = Dl[w] * ut[w]
                     for s in range(n):
                         cv = Cm[bi, gi, t, s]
                         for w in range(w_):
                             acc_t[w] += Hs[j + 1, s, w] * cv
                     Ys[j] = acc_t
-            for t in range(s1 - 1, s0 - 1, -1):  # reverse walk: dh_t = C_t dy_t + a_{t+1} dh_{t+1}
-                j = t - s0
-                _gather(u, bi, c0, t, ut)
-                _dt_lanes(delta, bias, has_bias, softplus, bi, c0, t, arg[0], ez, tmp, dtt, sp)
-                _gather(dout, bi, c0, t, gy)
+            for j in range(m - 1, -1, -1):  # reverse walk: dh_t = C_t dy_t + a_{t+1} dh_{t+1}
+                t = t0 + j
+                ut, dtt = U[j], DT[j]
+                for w in range(w_):
+                    gy[w] = G[j, w]
                 if has_z:  # out = y' silu(z): dy' = dout silu(z), dz = dout y' silu'(z)
-                    _gather(z, bi, c0, t, zt)
+                    zt = Z[j]
                     _sigmoid_lanes(zt, arg[0], ez, tmp, sg)
                     for w in range(w_):
-                        dz[bi, c0 + w, t] = gy[w] * Ys[j, w] * sg[w] * (1 + zt[w] * (1 - sg[w]))
+                        dZ[j, w] = gy[w] * Ys[j, w] * sg[w] * (1 + zt[w] * (1 - sg[w]))
                         gy[w] *= zt[w] * sg[w]
                 ea = Es[j].reshape((n, w_))
                 for w in range(w_):
@@ -268,11 +300,15 @@ def _bwd(u, delta, bias, z, Dv, At, Bm, Cm, ckpt, dout, dlast, du, ddelta, dz, d
                     dC_part[blk, bi, gi, t, s] = sc
                 for w in range(w_):
                     g = acc_t[w] + acc_u[w] * ut[w]  # d loss / d dt
-                    g = g * sp[w] if softplus else g  # through the softplus
-                    ddelta[bi, c0 + w, t] = g
+                    g = g * SP[j, w] if softplus else g  # through the softplus
+                    dX[j, w] = g
                     dbl[w] += g
-                    du[bi, c0 + w, t] = acc_u[w] * dtt[w] + (Dv[c0 + w] * gy[w] if has_D else 0.0)
+                    dU[j, w] = acc_u[w] * dtt[w] + Dl[w] * gy[w]
                     dDl[w] += gy[w] * ut[w]
+            _store_tile(dU, du, bi, c0, t0)
+            _store_tile(dX, ddelta, bi, c0, t0)
+            if has_z:
+                _store_tile(dZ, dz, bi, c0, t0)
         dA_part[bi, :, c0:c0 + w_] = dA
         dD_part[bi, c0:c0 + w_] = dDl
         dbias_part[bi, c0:c0 + w_] = dbl
