@@ -10,7 +10,7 @@ $(BIN)/python:
 
 # reinstall when the dependencies change
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -e ".[test,bench]"
+	$(BIN)/pip install -e ".[test]"
 	touch $@
 
 bench: $(VENV)/.installed
