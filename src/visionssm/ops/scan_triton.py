@@ -31,13 +31,16 @@ ddelta_bias go to small per-batch partial buffers that are summed afterwards.
 All arithmetic is in the dtype of the tensors handed in (float32, or float64 for float64
 inputs); the wrapper in ``visionssm.ops.selective_scan`` casts half and bfloat16 to float32.
 
-The kernels are decorated lazily, at the first call, and again whenever ``TRITON_INTERPRET``
-changes: ``triton.jit`` decides between compiling and interpreting when it is applied, and
-this way a process that imported this module before setting ``TRITON_INTERPRET=1`` (a test
-session) still gets the interpreter. Without Triton the module imports and reports why it
-cannot run.
+``triton.jit`` decides between compiling and interpreting when it is applied, so the kernels
+are decorated at their first launch, and again if ``TRITON_INTERPRET`` has changed since.
+Triton's own helpers (``tl.sum``, ``tl.sigmoid``) are decorated once, when triton is imported, so
+the interpreter works only where the variable was set before that: on CPU tensors the backend
+reports itself unavailable otherwise (tests run it in a child process). Without Triton the
+module imports and reports why it cannot run.
 """
 
+import contextlib
+import functools
 import os
 
 import torch
@@ -68,6 +71,12 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
+def _triton_helpers_interpreted() -> bool:
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(getattr(tl.standard, "sigmoid", None), InterpretedFunction)
+
+
 def unavailable_reason(device: torch.device) -> str | None:
     """None if the Triton kernels can run on tensors of ``device``, else why not."""
     device = torch.device(device)
@@ -76,9 +85,12 @@ def unavailable_reason(device: torch.device) -> str | None:
     if device.type == "cuda":
         return None
     if device.type == "cpu":
-        if _interpreting():
-            return None
-        return "the 'triton' backend runs on CUDA tensors (on CPU tensors only under TRITON_INTERPRET=1)"
+        if not _interpreting():
+            return "the 'triton' backend runs on CUDA tensors (on CPU tensors only under TRITON_INTERPRET=1)"
+        if not _triton_helpers_interpreted():
+            return ("TRITON_INTERPRET=1 was set after triton was imported, so triton's own functions are "
+                    "compiled for a GPU; set it before Python starts")
+        return None
     return f"the 'triton' backend runs on CUDA tensors, got {device.type} tensors"
 
 
@@ -86,16 +98,30 @@ def checkpoint_shape(batch, dim, length, state):
     return (batch, -(-length // CHUNK), dim, state)
 
 
-def _block_sizes(dim_per_group: int, state: int) -> tuple[int, int]:
-    """(BLOCK_D, BLOCK_N): about 64 state lanes per time step per program, within one group."""
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+
+
+def _block_sizes(batch: int, groups: int, dim_per_group: int, state: int, device: torch.device
+                 ) -> tuple[int, int]:
+    """(BLOCK_D, BLOCK_N): about 64 states per time step in a program and at most 8 channels, so
+    that the backward's (BLOCK_D, BLOCK_N, CHUNK) and (BLOCK_D, CHUNK) tiles fit in registers
+    (ptxas for sm_90 reports no spills at these sizes); fewer channels where that leaves fewer
+    than about two programs per SM (VMamba's d_state=1 at small batch); never more than a group."""
     block_n = _next_pow2(state)
-    block_d = BLOCK_D if BLOCK_D is not None else max(1, 64 // block_n)
-    return max(1, min(_next_pow2(block_d), _next_pow2(dim_per_group))), block_n
+    if BLOCK_D is not None:
+        block_d = _next_pow2(BLOCK_D)
+    else:
+        block_d = min(8, max(1, 64 // block_n))
+        while block_d > 1 and batch * groups * -(-dim_per_group // block_d) < 2 * _sm_count(device):
+            block_d //= 2
+    return max(1, min(block_d, _next_pow2(dim_per_group))), block_n
 
 
-def _num_warps(elements: int, per_warp: int) -> int:
-    """Warps for a tile of ``elements``, about ``per_warp`` of them per warp (1 to 8)."""
-    return min(8, _next_pow2(max(1, elements // per_warp)))
+def _num_warps(block_d: int, block_n: int, chunk: int) -> int:
+    """About 512 elements of the 3-D tiles and 8 of the 2-D ones per thread, 1 to 8 warps."""
+    return min(8, _next_pow2(max(block_d * block_n * chunk // 512, block_d * chunk // 256, 1)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,7 +223,8 @@ if tl is not None:
 
         A = tl.load(A_ptr + dn_off, mask=mask_dn, other=0.0)
         A3 = A[:, :, None]
-        A2 = (A * _LOG2E)[:, :, None]
+        A2_2d = A * _LOG2E
+        A2 = A2_2d[:, :, None]
         if HAS_D:
             Dv = tl.load(D_ptr + chan, mask=mask_d, other=0.0)
         if HAS_BIAS:
@@ -290,7 +317,11 @@ if tl is not None:
             else:
                 tl.store(dB_ptr + ptr_nt, dB, mask=m_nt)
                 tl.store(dC_ptr + ptr_nt, dC, mask=m_nt)
-            r = tl.sum(tl.where(offs_t[None, None, :] == 0, a * dh, 0.0), axis=2)
+            # a_start dh_start, with a_start remade from dt so that the (BLOCK_D, N, CHUNK) decays
+            # need not stay live through the reverse scan
+            dt0 = tl.sum(tl.where(offs_t[None, :] == 0, dt, 0.0), axis=1)
+            dh0 = tl.sum(tl.where(offs_t[None, None, :] == 0, dh, 0.0), axis=2)
+            r = tl.exp2(dt0[:, None] * A2_2d) * dh0
 
         tl.store(dA_ptr + b * dim * state + dn_off, dA_acc, mask=mask_dn)
         if HAS_D:
@@ -327,11 +358,17 @@ def _c(t):
     return None if t is None else t.contiguous()
 
 
+def _on(device: torch.device):
+    """Triton launches on the current CUDA device: make it the tensors' one."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 # ---------------------------------------------------------------------------------------------
 # the backend interface (see visionssm.ops.selective_scan)
 
 
-def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save_checkpoints):
+def forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save_checkpoints):
+    """(y, last_state, checkpoints); see visionssm.ops.selective_scan for the interface."""
     _check_runnable(u)
     u, delta, A, B, C, D, z, delta_bias = (_c(t) for t in (u, delta, A, B, C, D, z, delta_bias))
     batch, dim, length = u.shape
@@ -343,21 +380,23 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save_checkpoin
     ckpt = u.new_empty(checkpoint_shape(batch, dim, length, state)) if save_checkpoints else u.new_empty(0)
     if y.numel() == 0:
         return y, last, ckpt.zero_()
-    block_d, block_n = _block_sizes(dg, state)
+    block_d, block_n = _block_sizes(batch, groups, dg, state, u.device)
     fwd, _ = _kernels()
     grid = (-(-dg // block_d), groups, batch)
-    fwd[grid](
-        u, delta, A, B, C, D if D is not None else u, z if z is not None else u,
-        delta_bias if delta_bias is not None else u, y, last, ckpt if save_checkpoints else u,
-        dim, length, nchunks, dg, groups, state,
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=bool(delta_softplus), SAVE=bool(save_checkpoints),
-        BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=CHUNK, num_warps=_num_warps(block_d * block_n * CHUNK, 512),
-    )
+    with _on(u.device):
+        fwd[grid](
+            u, delta, A, B, C, D if D is not None else u, z if z is not None else u,
+            delta_bias if delta_bias is not None else u, y, last, ckpt if save_checkpoints else u,
+            dim, length, nchunks, dg, groups, state,
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+            SOFTPLUS=bool(delta_softplus), SAVE=bool(save_checkpoints),
+            BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=CHUNK, num_warps=_num_warps(block_d, block_n, CHUNK),
+        )
     return y, last, ckpt
 
 
-def _backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ckpt, dout, dlast):
+def backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ckpt, dout, dlast):
+    """(du, ddelta, dA, dB, dC, dD, dz, ddelta_bias), None for an absent D, z or delta_bias."""
     _check_runnable(u)
     u, delta, A, B, C, D, z, delta_bias, ckpt, dout, dlast = (
         _c(t) for t in (u, delta, A, B, C, D, z, delta_bias, ckpt, dout, dlast))
@@ -365,7 +404,7 @@ def _backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ckpt, dout, d
     groups, state = B.shape[1], A.shape[1]
     dg = dim // groups
     nchunks = -(-length // CHUNK)
-    block_d, block_n = _block_sizes(dg, state)
+    block_d, block_n = _block_sizes(batch, groups, dg, state, u.device)
     nblk = -(-dg // block_d)
     # every element of these is written by exactly one program (dB, dC are summed into)
     du, ddelta = torch.empty_like(u), torch.empty_like(delta)
@@ -379,35 +418,19 @@ def _backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ckpt, dout, d
             raise RuntimeError(f"selective_scan: checkpoints of shape {tuple(ckpt.shape)} do not match the "
                                f"triton backend's {checkpoint_shape(batch, dim, length, state)}")
         _, bwd = _kernels()
-        bwd[(nblk, groups, batch)](
-            u, delta, A, B, C, D if D is not None else u, z if z is not None else u,
-            delta_bias if delta_bias is not None else u, ckpt, dout, dlast if dlast is not None else u,
-            du, ddelta, dz if dz is not None else u, dA_part, dB, dC,
-            dD_part if D is not None else u, dbias_part if delta_bias is not None else u,
-            dim, length, nchunks, dg, groups, state,
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=bool(delta_softplus), HAS_DLAST=dlast is not None, ATOMIC_BC=nblk > 1,
-            BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=CHUNK, num_warps=_num_warps(block_d * block_n * CHUNK, 256),
-        )
+        with _on(u.device):
+            bwd[(nblk, groups, batch)](
+                u, delta, A, B, C, D if D is not None else u, z if z is not None else u,
+                delta_bias if delta_bias is not None else u, ckpt, dout, dlast if dlast is not None else u,
+                du, ddelta, dz if dz is not None else u, dA_part, dB, dC,
+                dD_part if D is not None else u, dbias_part if delta_bias is not None else u,
+                dim, length, nchunks, dg, groups, state,
+                HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+                SOFTPLUS=bool(delta_softplus), HAS_DLAST=dlast is not None, ATOMIC_BC=nblk > 1,
+                BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=CHUNK, num_warps=_num_warps(block_d, block_n, CHUNK),
+            )
     return (du, ddelta, dA_part.sum(0), dB, dC, dD_part.sum(0) if D is not None else None, dz,
             dbias_part.sum(0) if delta_bias is not None else None)
-
-
-def forward(u, delta, A, B, C, D, z, *rest):
-    """(y, last_state, checkpoints). Arguments ``(..., z, delta_bias, delta_softplus, save_checkpoints)``;
-    the earlier interface ``(..., z, save_checkpoints)`` with delta already turned into dt is also taken."""
-    if len(rest) == 1:
-        return _forward(u, delta, A, B, C, D, z, None, False, rest[0])
-    return _forward(u, delta, A, B, C, D, z, *rest)
-
-
-def backward(u, delta, A, B, C, D, z, *rest):
-    """(du, ddelta, dA, dB, dC, dD, dz, ddelta_bias) for ``(..., z, delta_bias, delta_softplus,
-    checkpoints, dout, dlast)``; (du, ddt, dA, dB, dC, dD, dz) for the earlier ``(..., z, checkpoints,
-    dout, dlast)`` interface."""
-    if len(rest) == 3:
-        return _backward(u, delta, A, B, C, D, z, None, False, *rest)[:7]
-    return _backward(u, delta, A, B, C, D, z, *rest)
 
 
 __all__ = ["CHUNK", "backward", "checkpoint_shape", "forward", "unavailable_reason"]

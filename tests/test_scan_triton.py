@@ -1,0 +1,271 @@
+"""The Triton selective scan run by Triton's interpreter on CPU tensors, against the reference loop.
+
+``triton.jit`` chooses between compiling and interpreting when it decorates a function, and
+``triton.language``'s own helpers (``tl.sum``, ``tl.sigmoid``) are decorated when triton is first
+imported. In a pytest session triton has usually been imported before this file runs (listing the
+backends imports the Triton one), so setting TRITON_INTERPRET=1 here would come too late: the
+interpreter cases run in one child process started with the variable set, and each test below
+asserts on its own case's result. Started with TRITON_INTERPRET=1 already set, they run in-process.
+
+The kernels run with tiny tiles (CHUNK=8 steps, 4 channels per program) so that several chunks, a
+partial last chunk, a partial channel block and the atomic dB/dC reduction are all exercised at
+lengths the interpreter gets through in well under a second; one case runs the default tiles.
+"""
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+import traceback
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.triton
+
+OPTIONS = {
+    "all": dict(),
+    "no_z": dict(z=False),
+    "no_D_no_bias": dict(D=False, delta_bias=False),
+    "no_softplus": dict(softplus=False, delta_bias=False),
+    "bare": dict(z=False, D=False, delta_bias=False, softplus=False),
+}
+
+
+def _cases():
+    """id -> parameters of one interpreter check."""
+    cases = {}
+    for opt in OPTIONS:
+        for groups in (None, 3):
+            cases[f"f32-{opt}-g{groups}-L21"] = dict(kind="f32", options=opt, groups=groups, length=21)
+    for length in (1, 8):  # one step; exactly one chunk
+        for groups in (None, 3):
+            cases[f"f32-all-g{groups}-L{length}"] = dict(kind="f32", options="all", groups=groups, length=length)
+    for groups in (None, 2):  # last state not used: no gradient flows into it
+        cases[f"f32-no_dlast-g{groups}-L19"] = dict(kind="f32", options="all", groups=groups, length=19,
+                                                     use_last=False)
+    cases["f32-state16-default-tiles-L70"] = dict(kind="f32", options="all", groups=None, length=70, state=16,
+                                                  batch=1, default_tiles=True)
+    cases["f64-gradients-g2"] = dict(kind="gradcheck", groups=2)
+    cases["bf16-inputs-g2"] = dict(kind="half", groups=2)
+    cases["no-grad-forward"] = dict(kind="nograd")
+    return cases
+
+
+CASES = _cases()
+
+
+def make_inputs(batch=2, dim=6, length=21, state=3, groups=None, dtype=torch.float32, seed=0):
+    """Inputs distributed as at Mamba's initialisation (dt log-uniform in [1e-3, 0.1], A = -(1..N))."""
+    g = torch.Generator().manual_seed(seed)
+    bc_shape = (batch, state, length) if groups is None else (batch, groups, state, length)
+    dt_init = torch.exp(torch.empty(dim).uniform_(math.log(1e-3), math.log(0.1), generator=g))
+    return dict(
+        u=torch.randn(batch, dim, length, generator=g, dtype=dtype),
+        delta=(0.5 * torch.randn(batch, dim, length, generator=g)).to(dtype),
+        A=-torch.arange(1, state + 1, dtype=dtype).repeat(dim, 1) * torch.rand(dim, 1, generator=g).to(dtype),
+        B=torch.randn(*bc_shape, generator=g, dtype=dtype),
+        C=torch.randn(*bc_shape, generator=g, dtype=dtype),
+        D=torch.randn(dim, generator=g, dtype=dtype),
+        z=torch.randn(batch, dim, length, generator=g, dtype=dtype),
+        delta_bias=(dt_init + torch.log(-torch.expm1(-dt_init))).to(dtype),
+    )
+
+
+def _run(backend, inp, options, grad=True, use_last=True):
+    """Output, last state and the gradients of a loss on y (and on the last state when use_last)."""
+    from visionssm import selective_scan
+
+    inp = {k: v.clone().requires_grad_(grad) for k, v in inp.items()}
+    kw = {k: inp[k] for k in ("D", "z", "delta_bias") if options.get(k, True)}
+    y, last = selective_scan(inp["u"], inp["delta"], inp["A"], inp["B"], inp["C"], **kw,
+                             delta_softplus=options.get("softplus", True), return_last_state=True,
+                             backend=backend)
+    if not grad:
+        return y, last, {}
+    w = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)
+    loss = (y * w).sum() + ((last.to(y.dtype) ** 2).sum() * 0.1 if use_last else 0)
+    loss.backward()
+    return y, last, {k: v.grad for k, v in inp.items() if v.grad is not None}
+
+
+def _err(what, a, b, rtol, atol):
+    """[what, max abs error, scale, rtol, atol]: passes when error <= atol + rtol * scale."""
+    err = (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
+    scale = b.double().abs().max().item() if b.numel() else 0.0
+    return [what, err, scale, rtol, atol]
+
+
+def compute_case(case: dict) -> dict:
+    """Run one case under the interpreter; {'checks': [...]} or {'error': traceback}."""
+    from visionssm import selective_scan, selective_scan_reference
+    from visionssm.ops import scan_triton
+
+    saved = scan_triton.CHUNK, scan_triton.BLOCK_D
+    if not case.get("default_tiles"):
+        scan_triton.CHUNK, scan_triton.BLOCK_D = 8, 4
+    checks = []
+    try:
+        kind = case["kind"]
+        if kind == "f32":
+            inp = make_inputs(length=case["length"], groups=case["groups"], state=case.get("state", 3),
+                              dim=case.get("dim", 6), batch=case.get("batch", 2))
+            options = OPTIONS[case["options"]]
+            use_last = case.get("use_last", True)
+            y0, h0, g0 = _run("reference", inp, options, use_last=use_last)
+            y1, h1, g1 = _run("triton", inp, options, use_last=use_last)
+            if y1.dtype != torch.float32 or y1.shape != y0.shape or h1.shape != h0.shape:
+                return {"error": f"dtype/shape: {y1.dtype} {tuple(y1.shape)} {tuple(h1.shape)}"}
+            if g1.keys() != g0.keys():
+                return {"error": f"gradients for {sorted(g1)}, expected {sorted(g0)}"}
+            checks += [_err("y", y1, y0, 1e-5, 1e-6), _err("last state", h1, h0, 1e-5, 1e-6)]
+            checks += [_err(f"grad {k}", g1[k], g0[k], 1e-4, 1e-5) for k in g0]
+        elif kind == "gradcheck":
+            # float64 central differences along random directions, one per input (gradcheck's fast
+            # mode, without its slow-mode rerun of hundreds of interpreted forwards on a failure)
+            inp = make_inputs(batch=1, dim=4, length=19, state=3, groups=case["groups"], dtype=torch.float64)
+            names = list(inp)
+            g = torch.Generator().manual_seed(1)
+            w_y, w_h = torch.randn(1, 4, 19, generator=g, dtype=torch.float64), torch.randn(1, 4, 3, generator=g,
+                                                                                           dtype=torch.float64)
+
+            def loss(t):
+                y, h = selective_scan(*(t[k] for k in names[:5]), D=t["D"], z=t["z"], delta_bias=t["delta_bias"],
+                                      delta_softplus=True, return_last_state=True, backend="triton")
+                return (y * w_y).sum() + (h * w_h).sum(), y, h
+
+            leaves = {k: v.clone().requires_grad_() for k, v in inp.items()}
+            value, y1, h1 = loss(leaves)
+            grads = dict(zip(names, torch.autograd.grad(value, list(leaves.values()))))
+            eps = 1e-6
+            for k in names:
+                v = torch.randn(inp[k].shape, generator=g, dtype=torch.float64)
+                with torch.no_grad():
+                    plus = loss({**inp, k: inp[k] + eps * v})[0]
+                    minus = loss({**inp, k: inp[k] - eps * v})[0]
+                numeric = ((plus - minus) / (2 * eps)).reshape(1)
+                checks.append(_err(f"directional derivative {k}", (grads[k] * v).sum().reshape(1), numeric,
+                                   1e-6, 1e-8))
+            y0, h0 = selective_scan_reference(*(inp[k] for k in names), True, True)
+            checks += [_err("y float64", y1, y0, 1e-12, 1e-12), _err("last float64", h1, h0, 1e-12, 1e-12)]
+        elif kind == "half":
+            inp = make_inputs(length=37, groups=case["groups"])
+            low = {k: v.to(torch.bfloat16) for k, v in inp.items()}
+            y_want, h_want, _ = _run("reference", {k: v.float() for k, v in low.items()}, {}, grad=False)
+            y, h, grads = _run("triton", low, {})
+            if y.dtype != torch.bfloat16 or h.dtype != torch.float32 or grads["u"].dtype != torch.bfloat16:
+                return {"error": f"dtypes y {y.dtype}, last {h.dtype}, du {grads['u'].dtype}"}
+            checks += [_err("last state", h, h_want, 1e-5, 1e-5), _err("y", y.float(), y_want, 2e-2, 2e-2)]
+        elif kind == "nograd":
+            inp = make_inputs(length=30)
+            names = ("u", "delta", "A", "B", "C")
+            with torch.no_grad():
+                y1 = selective_scan(*(inp[k] for k in names), D=inp["D"], backend="triton")
+            y0 = selective_scan_reference(*(inp[k] for k in names), D=inp["D"])
+            checks.append(_err("y", y1, y0, 1e-5, 1e-6))
+        else:
+            return {"error": f"unknown case kind {kind!r}"}
+    except Exception:
+        return {"error": traceback.format_exc()}
+    finally:
+        scan_triton.CHUNK, scan_triton.BLOCK_D = saved
+    return {"checks": checks}
+
+
+def compute_all() -> dict:
+    return {name: compute_case(case) for name, case in CASES.items()}
+
+
+def _triton_importable() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def _interpreter_in_effect() -> bool:
+    """True when this process can interpret the kernels (triton was imported under TRITON_INTERPRET=1)."""
+    from visionssm.ops import scan_triton
+
+    return scan_triton.unavailable_reason(torch.device("cpu")) is None
+
+
+@pytest.fixture(scope="module")
+def interpreter_results():
+    if not _triton_importable():
+        pytest.skip("triton is not importable")
+    if _interpreter_in_effect():
+        return compute_all()
+    env = dict(os.environ, TRITON_INTERPRET="1", HF_HUB_OFFLINE="1")
+    res = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
+    lines = res.stdout.strip().splitlines()
+    if res.returncode != 0 or not lines:
+        pytest.fail(f"interpreter child process failed (exit {res.returncode}):\n{res.stdout[-3000:]}\n"
+                    f"{res.stderr[-5000:]}")
+    return json.loads(lines[-1])
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_interpreted_kernel_matches_reference(interpreter_results, case):
+    result = interpreter_results[case]
+    assert "error" not in result, result.get("error")
+    failed = [f"{what}: max abs error {err:.3g} (scale {scale:.3g}, allowed {atol + rtol * scale:.3g})"
+              for what, err, scale, rtol, atol in result["checks"] if not err <= atol + rtol * scale]
+    assert not failed, "; ".join(failed)
+
+
+# ---------------------------------------------------------------------------------------------
+# in-process: availability, the module without triton, the benchmark without CUDA
+
+
+@pytest.mark.skipif(not _triton_importable(), reason="triton is not importable")
+def test_unavailable_reason(monkeypatch):
+    from visionssm.ops import scan_triton
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    reason = scan_triton.unavailable_reason(torch.device("cpu"))
+    assert reason is not None and "TRITON_INTERPRET" in reason
+    assert scan_triton.unavailable_reason(torch.device("cuda")) is None
+    assert "cuda" in scan_triton.unavailable_reason(torch.device("meta")).lower()
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    reason = scan_triton.unavailable_reason(torch.device("cpu"))
+    if scan_triton._triton_helpers_interpreted():  # this session started with TRITON_INTERPRET=1
+        assert reason is None
+    else:  # set too late for triton's own helpers: said so, rather than failing inside a kernel
+        assert reason is not None and "before" in reason
+
+
+def test_module_imports_and_explains_without_triton(monkeypatch):
+    import visionssm.ops.scan_triton as installed
+
+    for name in ("triton", "triton.language"):
+        monkeypatch.setitem(sys.modules, name, None)  # import of triton raises ImportError
+    spec = importlib.util.spec_from_file_location("_scan_triton_without_triton", installed.__file__)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for device in ("cpu", "cuda"):
+        reason = mod.unavailable_reason(torch.device(device))
+        assert reason is not None and "triton" in reason
+    assert mod.checkpoint_shape(2, 6, 130, 4) == (2, 3, 6, 4)
+
+
+def test_gpu_benchmark_without_cuda_exits_with_a_message(monkeypatch, capsys, tmp_path):
+    from visionssm.bench import scan_gpu
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert scan_gpu.main(["--out", str(tmp_path / "out"), "--cases", "vim224"]) == 1
+    err = capsys.readouterr().err
+    assert "no CUDA device" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_gpu_benchmark_sizes():
+    from visionssm.bench.scan_gpu import CASES as BENCH
+    from visionssm.bench.scan_gpu import fused_bytes
+
+    assert BENCH["vim224"].size == "128x384x197x16" and BENCH["vim1024"].size == "16x384x4097x16"
+    # u, delta, z, y of 16x384x4097 float32 plus B and C of 16x16x4097
+    assert fused_bytes(BENCH["vim1024"]) == 4 * (4 * 16 * 384 * 4097 + 2 * 16 * 16 * 4097 + 384 * 16 + 2 * 384)
+
+
+if __name__ == "__main__":  # the child process of interpreter_results
+    print(json.dumps(compute_all()))
