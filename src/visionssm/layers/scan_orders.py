@@ -225,10 +225,15 @@ def _cross_scan_functional(x: torch.Tensor, dirs: tuple[str, ...]) -> torch.Tens
 
 
 def _cross_merge_functional(y: torch.Tensor, H: int, W: int, dirs: tuple[str, ...]) -> torch.Tensor:
+    # out[p] = sum_k y[k, inverse_perm_k[p]]: a gather and a sum, not an index_add, whose duplicate
+    # indices export as ONNX ScatterND(add), which onnxruntime's CPU kernel sums with a race
     B, K, C, L = y.shape
-    idx = torch.cat([_build_permutation(H, W, DIRECTIONS[n]) for n in dirs]).to(y.device)
-    out = y.new_zeros(B, C, L).index_add(2, idx, y.transpose(1, 2).reshape(B, C, K * L))
-    return out.view(B, C, H, W)
+    inv = []
+    for k, name in enumerate(dirs):
+        perm = _build_permutation(H, W, DIRECTIONS[name])
+        inv.append(torch.empty_like(perm).scatter_(0, perm, torch.arange(L)) + k * L)
+    idx = torch.cat(inv).to(y.device)
+    return y.transpose(1, 2).reshape(B, C, K * L).index_select(2, idx).view(B, C, K, L).sum(2).view(B, C, H, W)
 
 
 def cross_scan(x: torch.Tensor, order: str | Sequence[str] = "cross") -> torch.Tensor:

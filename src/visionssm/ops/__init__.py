@@ -1,5 +1,6 @@
 """Tensor functions: the selective scan and its backends."""
 
+from visionssm.ops import scan_onnx as _scan_onnx  # noqa: F401  (ONNX translation, registered lazily)
 from visionssm.ops.scan_reference import selective_scan_reference
 from visionssm.ops.selective_scan import available_backends, scan_macs, selective_scan
 
