@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 bench: $(VENV)/.installed
-	$(BIN)/visionssm bench scan --out bench-out/scan
+	$(BIN)/visionssm bench --out bench-out/models
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check src tests

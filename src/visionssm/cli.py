@@ -1,6 +1,6 @@
 """The ``visionssm`` command: finds the task for a sub-command and hands it the rest of the line.
 
-Each task module has ``main(argv) -> int | None`` and parses its own arguments, so
+Each command names a task function ``fn(argv) -> int | None`` that parses its own arguments, so
 ``visionssm <command> --help`` shows that task's options.
 """
 
@@ -10,10 +10,15 @@ import importlib
 import os
 import sys
 
-# command -> (module with main(argv), one-line help)
+# command -> ("module:function" taking argv, one-line help); a bare module means its main
 COMMANDS = {
-    "bench": ("visionssm.bench", "benchmarks: 'scan' (the selective-scan backends)"),
-    "models": ("visionssm.cli", "list this library's models"),  # handled here: models_main
+    "bench": ("visionssm.bench", "benchmarks: models vs resolution (default), 'scan' (the selective-scan backends)"),
+    "erf": ("visionssm.analysis.erf", "effective-receptive-field pictures of models, side by side"),
+    "models": ("visionssm.cli:models_main", "list this library's models"),
+    "export": ("visionssm.export", "a model to ONNX (onnxruntime) or torch.export .pt2, verified"),
+    "train": ("visionssm.train", "train a classifier (any timm model) on a folder, 'digits' or 'pathfinder'"),
+    "eval": ("visionssm.train:evaluate_main", "top-1/top-5 and loss of a checkpoint, at any resolution"),
+    "predict": ("visionssm.train:predict_main", "the top classes of some images"),
 }
 
 
@@ -46,9 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"visionssm: unknown command {command!r}; expected one of {sorted(COMMANDS)}\n\n{usage()}",
               file=sys.stderr)
         return 2
-    if command == "models":
-        return models_main(rest)
-    return importlib.import_module(COMMANDS[command][0]).main(rest) or 0
+    module, _, function = COMMANDS[command][0].partition(":")
+    return getattr(importlib.import_module(module), function or "main")(rest) or 0
 
 
 if __name__ == "__main__":

@@ -1,18 +1,33 @@
-"""Benchmarks: ``visionssm bench scan`` times the selective-scan backends."""
+"""Benchmarks: ``visionssm bench`` (models vs resolution, the main job), ``visionssm bench scan``
+(the selective-scan backends on CPU), ``scan-gpu`` (the Triton kernel), ``export`` (onnxruntime vs
+eager vs torch.compile), ``train`` (the recorded digits/pathfinder training results)."""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
-# target -> module with main(argv)
-TARGETS = {"scan": "visionssm.bench.scan"}
+# target -> module with main(argv); no target (or options only) runs DEFAULT_TARGET
+TARGETS = {
+    "models": "visionssm.bench.models",
+    "scan": "visionssm.bench.scan",
+    "scan-gpu": "visionssm.bench.scan_gpu",
+    "export": "visionssm.bench.export",
+    "train": "visionssm.bench.train_results",
+}
+DEFAULT_TARGET = "models"
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] not in TARGETS:
-        got = repr(argv[0]) if argv else "nothing"
-        print(f"visionssm bench: expected a target, one of {sorted(TARGETS)}, got {got}", file=sys.stderr)
+    if argv and argv[0] in ("-h", "--help"):  # the targets, then the default target's options
+        print(f"visionssm bench [{'|'.join(TARGETS)}]: targets {', '.join(TARGETS)} (default: {DEFAULT_TARGET}); "
+              f"`visionssm bench <target> --help` lists a target's options\n")
+        argv = [DEFAULT_TARGET, *argv]
+    if not argv or argv[0].startswith("-"):
+        argv = [DEFAULT_TARGET, *argv]
+    if argv[0] not in TARGETS:
+        print(f"visionssm bench: expected a target, one of {sorted(TARGETS)} (or none for "
+              f"{DEFAULT_TARGET!r}), got {argv[0]!r}", file=sys.stderr)
         return 2
     return importlib.import_module(TARGETS[argv[0]]).main(argv[1:])

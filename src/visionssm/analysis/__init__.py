@@ -1,0 +1,1 @@
+"""Analysis tools: ``visionssm erf`` draws effective receptive fields (:mod:`visionssm.analysis.erf`)."""

@@ -1,0 +1,204 @@
+"""visionssm bench (models vs resolution): end to end on tiny models, FLOP counts against a hand
+count, failures recorded instead of raised, the crossover, and the bench target dispatch."""
+
+import csv
+import math
+
+import pytest
+import timm
+import torch
+
+import visionssm  # noqa: F401  (registers the models)
+from visionssm.bench import models as bench_models
+from visionssm.bench.models import (
+    count_macs,
+    create_model,
+    crossover,
+    model_kind,
+    parse_model,
+    parse_resolution,
+    run_case,
+)
+from visionssm.cli import main
+from visionssm.ops.selective_scan import scan_macs
+
+TINY_VIM = "vim_tiny_patch16_224:depth=2:embed_dim=32:num_classes=10"
+TINY_DEIT = "deit_tiny_patch16_224:depth=2:embed_dim=32:num_heads=2:num_classes=10"
+
+
+def _spec(model, h=32, w=32, **kw):
+    return {**dict(model=model, attention="-", height=h, width=w, batch_size=1, train=False, device="cpu",
+                   budget_s=0.05, memory_limit_mb=None), **kw}
+
+
+def test_bench_end_to_end_on_tiny_models(tmp_path, capsys):
+    out = tmp_path / "models"
+    assert main(["bench", "--models", TINY_VIM, TINY_DEIT, "--resolutions", "32", "48x64",
+                 "--budget", "0.05", "--out", str(out)]) == 0
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    cases = {(r["series"], r["resolution"]) for r in rows}
+    series = [TINY_VIM, f"{TINY_DEIT} (sdpa)", f"{TINY_DEIT} (explicit)"]
+    assert cases == {(s, res) for s in series for res in ("32", "48x64")} and len(rows) == 6
+    assert all(r["status"] == "ok" for r in rows), [(r["series"], r["note"]) for r in rows]
+    assert all(float(r["images_per_s"]) > 0 and float(r["peak_mb"]) >= 0 and float(r["gmacs"]) > 0 for r in rows)
+    assert {r["kind"] for r in rows} == {"ssm", "attention"}
+    table = [line for line in (out / "results.md").read_text().splitlines() if line.startswith("| ")]
+    assert len(table) == len(rows) + 1  # header + one line per case
+    assert (out / "machine.txt").read_text().strip()
+    printed = capsys.readouterr().out
+    assert "Crossover" in printed and f"{TINY_VIM} vs {TINY_DEIT} (explicit) [attention] -> speed:" in printed
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "matplotlib is not installed" in printed
+    else:
+        assert (out / "throughput.png").stat().st_size > 0 and (out / "memory.png").stat().st_size > 0
+
+
+def test_vim_macs_equal_a_hand_count():
+    h, w = 32, 48
+    model = create_model(TINY_VIM, (h, w))
+    D, E, N, R, P, C = 32, 64, 16, 2, 16, 10  # embed, d_inner, state, dt_rank, patch, classes
+    patches = (h // P) * (w // P)
+    L = patches + 1  # class token
+    per_block = (L * D * 2 * E  # in_proj
+                 + (L + 3) * 4 * 2 * E  # depthwise conv1d, k=4, both directions, causal padding
+                 + 2 * L * E * (R + 2 * N)  # x_proj, both directions
+                 + 2 * L * R * E  # dt_proj, both directions
+                 + scan_macs(1, 2 * E, L, N)  # one scan over both directions
+                 + L * E * D)  # out_proj
+    hand = patches * P * P * 3 * D + 2 * per_block + D * C
+    assert count_macs(model, (h, w)) == hand
+    by_op = count_macs(model, (h, w), by_op=True)
+    assert by_op["visionssm.selective_scan"] == 2 * scan_macs(1, 2 * E, L, N)
+    # backward: every matmul/conv twice (input and weight gradients; the patch conv has no input
+    # gradient) and the scan twice its forward -- with torch's depthwise-conv miscount corrected
+    assert count_macs(model, (h, w), backward=True) == 3 * hand - patches * P * P * 3 * D
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "explicit"])
+def test_deit_macs_count_the_attention_in_both_modes(attention):
+    h, w = 32, 48
+    model = create_model(TINY_DEIT, (h, w), attention)
+    D, P, C = 32, 16, 10
+    patches = (h // P) * (w // P)
+    L = patches + 1
+    per_block = L * D * 3 * D + 2 * L * L * D + L * D * D + 2 * L * D * 4 * D  # qkv, QK^T and AV, proj, mlp
+    assert count_macs(model, (h, w)) == patches * P * P * 3 * D + 2 * per_block + D * C
+
+
+def test_attention_modes_switch_timm_attention():
+    sdpa = create_model(TINY_DEIT, (32, 32), "sdpa")
+    explicit = create_model(TINY_DEIT, (32, 32), "explicit")
+    assert all(m.fused_attn for m in sdpa.modules() if hasattr(m, "fused_attn"))
+    assert not any(m.fused_attn for m in explicit.modules() if hasattr(m, "fused_attn"))
+    explicit.load_state_dict(sdpa.state_dict())
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(sdpa.eval()(x), explicit.eval()(x), rtol=1e-4, atol=1e-5)
+    assert model_kind(TINY_DEIT) == "attention" and model_kind(TINY_VIM) == "ssm"
+    assert model_kind("resnet18") == "other"
+
+
+def test_a_timed_out_case_is_recorded_not_raised():
+    row = run_case(_spec(TINY_VIM, budget_s=30.0), time_limit_s=0.01)
+    assert row["status"] == "timeout" and "per-case limit" in row["note"]
+    # the server survives a killed case: the next case runs
+    assert run_case(_spec(TINY_VIM), time_limit_s=60)["status"] == "ok"
+
+
+def test_an_out_of_memory_case_is_recorded_not_raised():
+    row = run_case(_spec("resnet18", 128, 128, memory_limit_mb=1), time_limit_s=60)
+    assert row["status"] == "oom", row
+    assert row["params_m"] == pytest.approx(11.69, abs=0.01)  # what was known before it ran out is kept
+
+
+def test_an_unsupported_size_is_recorded_not_raised():
+    row = run_case(_spec(TINY_VIM, 8, 8), time_limit_s=60)
+    assert row["status"] == "unsupported" and "img_size" in row["note"]
+
+
+def test_failures_skip_the_larger_sizes_and_are_marked(tmp_path, monkeypatch, capsys):
+    calls = []
+
+    def fake_run_case(spec, time_limit_s):
+        calls.append((spec["model"], spec["attention"], spec["height"]))
+        if spec["model"] == TINY_DEIT and spec["attention"] == "explicit" and spec["height"] >= 64:
+            return dict(status="oom", note="simulated")
+        return dict(status="ok", latency_ms=10.0, images_per_s=100.0 * 32 / spec["height"], peak_mb=spec["height"],
+                    gmacs=1.0, params_m=1.0)
+
+    monkeypatch.setattr(bench_models, "run_case", fake_run_case)
+    out = tmp_path / "m"
+    assert main(["bench", "--models", TINY_VIM, TINY_DEIT, "--resolutions", "32", "64", "96", "--out", str(out)]) == 0
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert len(rows) == 9
+    assert (TINY_DEIT, "explicit", 96) not in calls  # skipped after the out-of-memory at 64
+    explicit = [r for r in rows if r["series"] == f"{TINY_DEIT} (explicit)"]
+    assert [r["status"] for r in explicit] == ["ok", "oom", "oom"]
+    assert explicit[2]["note"] == "not run: oom at 64"
+    assert "| oom |" in (out / "results.md").read_text()
+    printed = capsys.readouterr().out
+    # the SSM ran where the explicit attention ran out of memory: it wins from there
+    assert f"{TINY_VIM} vs {TINY_DEIT} (explicit) [attention] -> speed: from 64, memory: from 64, both: from 64" \
+        in printed
+
+
+def _row(series, res, status="ok", ips=None, mb=None, kind="ssm"):
+    return dict(series=series, resolution=str(res), pixels=res * res, status=status, images_per_s=ips, peak_mb=mb,
+                kind=kind)
+
+
+def test_crossover_is_the_smallest_size_from_which_the_ssm_wins_throughout():
+    rows = [_row("ssm", 224, ips=10, mb=50), _row("att", 224, ips=20, mb=40, kind="attention"),
+            _row("ssm", 512, ips=5, mb=60), _row("att", 512, ips=4, mb=80, kind="attention"),
+            _row("ssm", 1024, ips=1, mb=200), _row("att", 1024, ips=2, mb=900, kind="attention"),
+            _row("ssm", 1248, ips=0.5, mb=300), _row("att", 1248, status="oom", kind="attention")]
+    assert crossover(rows, "ssm", "att", "speed") == "1248"  # lost at 1024: the 512 win does not count
+    assert crossover(rows, "ssm", "att", "memory") == "512"
+    assert crossover(rows, "ssm", "att", "both") == "1248"
+    rows[-2]["status"] = "timeout"  # both failed at 1248: that size says nothing
+    assert crossover(rows, "ssm", "att", "memory") == "512"
+    rows[-1].update(status="ok", images_per_s=0.1, peak_mb=2000)
+    assert crossover(rows, "ssm", "att", "memory") is None  # the SSM failed where the peer ran
+
+
+def test_parse_resolution_and_model():
+    assert parse_resolution("512") == (512, 512) and parse_resolution("512x768") == (512, 768)
+    for bad in ("0", "a", "1x2x3", "512x"):
+        with pytest.raises(ValueError, match="--resolutions: expected a size such as 512 or HxW"):
+            parse_resolution(bad)
+    assert parse_model("vmamba_tiny_s1l8:depths=(1,1,2,1):scan_order=cross") == (
+        "vmamba_tiny_s1l8", {"depths": (1, 1, 2, 1), "scan_order": "cross"})
+    with pytest.raises(ValueError, match="NAME:key=value"):
+        parse_model("resnet18:depth")
+
+
+def test_bench_rejects_bad_arguments(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--models", "no_such_model"])
+    assert "unknown model(s) ['no_such_model']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "--resolutions", "12x"])
+    assert "--resolutions: expected a size" in capsys.readouterr().err
+
+
+def test_bench_without_a_target_runs_the_models_benchmark(monkeypatch):
+    import visionssm.bench.scan as bench_scan
+
+    got = []
+    monkeypatch.setattr(bench_models, "main", lambda argv: got.append(("models", argv)) or 0)
+    monkeypatch.setattr(bench_scan, "main", lambda argv: got.append(("scan", argv)) or 0)
+    assert main(["bench"]) == 0
+    assert main(["bench", "--models", "resnet18"]) == 0
+    assert main(["bench", "scan", "--no-memory"]) == 0
+    assert main(["bench", "models", "--train"]) == 0
+    assert got == [("models", []), ("models", ["--models", "resnet18"]), ("scan", ["--no-memory"]),
+                   ("models", ["--train"])]
+    assert main(["bench", "frobnicate"]) == 2
+
+
+def test_defaults_name_real_models():
+    for name in bench_models.DEFAULT_MODELS + bench_models.FULL_MODELS:
+        assert timm.is_model(name), name
+    assert all(math.prod(parse_resolution(r)) > 0 for r in bench_models.FULL_RESOLUTIONS)
