@@ -10,9 +10,9 @@ gradients are needed, the state every ``CHUNK`` steps; the backward recomputes o
 states at a time from those checkpoints and walks it in reverse.
 
 The work of this operator on a CPU is one exp per state update. numba has no vector exp here
-(no SVML), so float32 uses ``_exp_block``: round-to-nearest range reduction, a degree-6 polynomial
-for 2^f on [-1/2, 1/2] (relative error ~2e-7) and the 2^k factor added to the float's exponent
-bits through an int32 view, all in branch-free loops that LLVM vectorises. float64 (used for
+(no SVML), so float32 uses ``_exp``: round-to-nearest range reduction, a degree-6 polynomial
+for 2^f on [-1/2, 1/2] (relative error ~2e-7) and the 2^k factor built from its exponent bits
+(an int32 reinterpreted as a float32), branch-free, so LLVM vectorises it inside the recurrence loop. float64 (used for
 checking) takes ``math.exp``. The softplus of delta + delta_bias (log1p through an atanh series),
 the D skip and the silu(z) gate are fused too, forward and backward.
 
@@ -27,7 +27,8 @@ import numba
 import numpy as np
 import torch
 from numba import njit, prange
-from numba.extending import overload
+from numba.core import types
+from numba.extending import intrinsic, overload
 
 CHUNK = 64
 
@@ -41,30 +42,30 @@ _R3, _R5, _R7, _R9, _R11, _R13 = (np.float32(1 / k) for k in (3, 5, 7, 9, 11, 13
 _LO, _HI, _L2E, _HALF = np.float32(-87.0), np.float32(88.0), np.float32(_LOG2E), np.float32(0.5)
 
 
-def _exp_block(x, e, tmp):
-    """e[:] = exp(x[:]) (numba only)."""
+@intrinsic
+def _int32_bits_as_float32(typingctx, i):
+    """Reinterpret an int32's bits as a float32 (a no-op in registers, so loops stay vectorised)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.float32))
+    return types.float32(types.int32), codegen
 
 
-@overload(_exp_block, inline="always")
-def _exp_block_impl(x, e, tmp):
-    if x.dtype == numba.float32:
-        def exp_f32(x, e, tmp):
-            # x clamped to [-87, 88] so that 2^k stays a normal float
-            for i in range(x.shape[0]):
-                t = min(max(x[i], _LO), _HI) * _L2E
-                k = np.floor(t + _HALF)
-                f = t - k
-                e[i] = _P0 + f * (_P1 + f * (_P2 + f * (_P3 + f * (_P4 + f * (_P5 + f * _P6)))))
-                tmp[i] = np.int32(k) << 23
-            bits = e.view(np.int32)
-            for i in range(x.shape[0]):
-                bits[i] += tmp[i]
+def _exp(x):
+    """exp(x) for one float (numba only)."""
+
+
+@overload(_exp, inline="always")
+def _exp_impl(x):
+    if x == numba.float32:
+        def exp_f32(x):
+            # 2^t = 2^k 2^f, k = round(t), |f| <= 1/2; x clamped to [-87, 88] so 2^k stays normal
+            t = min(max(x, _LO), _HI) * _L2E
+            k = np.floor(t + _HALF)
+            f = t - k
+            p = _P0 + f * (_P1 + f * (_P2 + f * (_P3 + f * (_P4 + f * (_P5 + f * _P6)))))
+            return p * _int32_bits_as_float32((np.int32(k) + np.int32(127)) << np.int32(23))
         return exp_f32
-
-    def exp_f64(x, e, tmp):
-        for i in range(x.shape[0]):
-            e[i] = math.exp(x[i])
-    return exp_f64
+    return lambda x: math.exp(x)
 
 
 def _log1p01(e):
@@ -110,31 +111,19 @@ def _store_tile(tile, dst, bi, c0, t0):
 
 
 @njit(inline="always")
-def _sigmoid_lanes(zt, arg, e, tmp, out):
-    """out = sigmoid(zt) over the lanes, through the vectorised exp."""
-    for w in range(zt.shape[0]):
-        arg[w] = -zt[w]
-    _exp_block(arg, e, tmp)
-    for w in range(zt.shape[0]):
-        out[w] = 1 / (1 + e[w])
-
-
-@njit(inline="always")
-def _dt_lanes(x, bias, has_bias, softplus, arg, e, tmp, dt, sig):
+def _dt_lanes(x, bias, has_bias, softplus, dt, sig):
     """dt = softplus(x + bias) over the lanes, and sig = its derivative sigmoid(x + bias).
 
-    softplus(v) = max(v, 0) + log1p(exp(-|v|)), with the exp vectorised.
+    softplus(v) = max(v, 0) + log1p(exp(-|v|)): no overflow, no cancellation.
     """
     for w in range(dt.shape[0]):
-        dt[w] = x[w] + bias[w] if has_bias else x[w]
-    if softplus:
-        for w in range(dt.shape[0]):
-            arg[w] = -abs(dt[w])
-        _exp_block(arg, e, tmp)
-        for w in range(dt.shape[0]):
-            v = dt[w]
-            dt[w] = max(v, 0.0) + _log1p01(e[w])
-            sig[w] = (1 if v >= 0 else e[w]) / (1 + e[w])
+        v = x[w] + bias[w] if has_bias else x[w]
+        if softplus:
+            e = _exp(-abs(v))
+            dt[w] = max(v, 0) + _log1p01(e)
+            sig[w] = (1 if v >= 0 else e) / (1 + e)
+        else:
+            dt[w] = v
 
 
 @njit(parallel=True, cache=True)
@@ -149,9 +138,6 @@ def _fwd(u, delta, bias, z, Dv, At, Bm, Cm, y, last, ckpt, save, has_bias, softp
         c0 = gi * dg + (r % nblk) * lanes
         w_ = min(lanes, gi * dg + dg - c0)
         h = np.zeros((n, w_), u.dtype)
-        arg = np.empty((n, w_), u.dtype)
-        ex = np.empty(n * w_, u.dtype)
-        tmp = np.empty(n * w_, np.int32)
         tiles = np.empty((4, CHUNK, w_), u.dtype)  # u, delta, z, y of one chunk, time-major
         lane = np.empty((4, w_), u.dtype)  # per-lane values of one step
         dtt, dtu, acc, sg = lane[0], lane[1], lane[2], lane[3]
@@ -170,27 +156,21 @@ def _fwd(u, delta, bias, z, Dv, At, Bm, Cm, y, last, ckpt, save, has_bias, softp
             for j in range(t1 - t0):
                 t = t0 + j
                 ut = U[j]
-                _dt_lanes(X[j], bl, has_bias, softplus, arg[0], ex[:w_], tmp, dtt, sg)
+                _dt_lanes(X[j], bl, has_bias, softplus, dtt, sg)
                 for w in range(w_):
                     dtu[w] = dtt[w] * ut[w]
                     acc[w] = Dl[w] * ut[w]
                 for s in range(n):
-                    for w in range(w_):
-                        arg[s, w] = dtt[w] * Ab[s, w]
-                _exp_block(arg.reshape(n * w_), ex, tmp)
-                ea = ex.reshape((n, w_))
-                for s in range(n):
                     bv = Bm[bi, gi, t, s]
                     cv = Cm[bi, gi, t, s]
                     for w in range(w_):
-                        hv = ea[s, w] * h[s, w] + dtu[w] * bv
+                        hv = _exp(dtt[w] * Ab[s, w]) * h[s, w] + dtu[w] * bv
                         h[s, w] = hv
                         acc[w] += hv * cv
                 if has_z:
                     zt = Z[j]
-                    _sigmoid_lanes(zt, arg[0], ex[:w_], tmp, sg)
                     for w in range(w_):
-                        acc[w] *= zt[w] * sg[w]
+                        acc[w] *= zt[w] / (1 + _exp(-zt[w]))
                 Y[j] = acc
             _store_tile(Y, y, bi, c0, t0)
         for s in range(n):
@@ -222,14 +202,12 @@ def _bwd(u, delta, bias, z, Dv, At, Bm, Cm, ckpt, dout, dlast, du, ddelta, dz, d
         dDl = np.zeros(w_, u.dtype)
         dbl = np.zeros(w_, u.dtype)
         Hs = np.empty((CHUNK + 1, n, w_), u.dtype)  # h_{s-1} .. h_{e-1} of the chunk
-        Es = np.empty((CHUNK, n * w_), u.dtype)  # its decays
+        Es = np.empty((CHUNK, n, w_), u.dtype)  # its decays
         # time-major tiles of one chunk: inputs u, delta, z, dout; recomputed dt, softplus', y' = C.h + D u;
         # outputs du, ddelta, dz
         tiles = np.empty((10, CHUNK, w_), u.dtype)
-        arg = np.empty((n, w_), u.dtype)
-        tmp = np.empty(n * w_, np.int32)
-        lane = np.empty((6, w_), u.dtype)  # per-lane values of one step
-        dtu, gy, sg, acc_t, acc_u, ez = lane[0], lane[1], lane[2], lane[3], lane[4], lane[5]
+        lane = np.empty((5, w_), u.dtype)  # per-lane values of one step
+        dtu, gy, sg, acc_t, acc_u = lane[0], lane[1], lane[2], lane[3], lane[4]
         for k in range(nck - 1, -1, -1):
             t0 = k * CHUNK
             t1 = min(t0 + CHUNK, length)
@@ -246,18 +224,15 @@ def _bwd(u, delta, bias, z, Dv, At, Bm, Cm, ckpt, dout, dlast, du, ddelta, dz, d
             for j in range(m):  # recompute the chunk's states
                 t = t0 + j
                 ut, dtt = U[j], DT[j]
-                _dt_lanes(X[j], bl, has_bias, softplus, arg[0], ez, tmp, dtt, SP[j])
-                for s in range(n):
-                    for w in range(w_):
-                        arg[s, w] = dtt[w] * Ab[s, w]
-                _exp_block(arg.reshape(n * w_), Es[j], tmp)
-                ea = Es[j].reshape((n, w_))
+                _dt_lanes(X[j], bl, has_bias, softplus, dtt, SP[j])
                 for w in range(w_):
                     dtu[w] = dtt[w] * ut[w]
                 for s in range(n):
                     bv = Bm[bi, gi, t, s]
                     for w in range(w_):
-                        Hs[j + 1, s, w] = ea[s, w] * Hs[j, s, w] + dtu[w] * bv
+                        e = _exp(dtt[w] * Ab[s, w])
+                        Es[j, s, w] = e
+                        Hs[j + 1, s, w] = e * Hs[j, s, w] + dtu[w] * bv
                 if has_z:
                     for w in range(w_):
                         acc_t[w] = Dl[w] * ut[w]
@@ -273,11 +248,12 @@ def _bwd(u, delta, bias, z, Dv, At, Bm, Cm, ckpt, dout, dlast, du, ddelta, dz, d
                     gy[w] = G[j, w]
                 if has_z:  # out = y' silu(z): dy' = dout silu(z), dz = dout y' silu'(z)
                     zt = Z[j]
-                    _sigmoid_lanes(zt, arg[0], ez, tmp, sg)
+                    for w in range(w_):
+                        sg[w] = 1 / (1 + _exp(-zt[w]))
                     for w in range(w_):
                         dZ[j, w] = gy[w] * Ys[j, w] * sg[w] * (1 + zt[w] * (1 - sg[w]))
                         gy[w] *= zt[w] * sg[w]
-                ea = Es[j].reshape((n, w_))
+                ea = Es[j]
                 for w in range(w_):
                     dtu[w] = dtt[w] * ut[w]
                     acc_t[w] = 0.0
