@@ -14,7 +14,6 @@ lengths the interpreter gets through in well under a second; one case runs the d
 
 import importlib.util
 import json
-import math
 import os
 import subprocess
 import sys
@@ -22,6 +21,8 @@ import traceback
 
 import pytest
 import torch
+
+from scan_inputs import make_inputs  # tests/ is on sys.path
 
 pytestmark = pytest.mark.triton
 
@@ -55,23 +56,6 @@ def _cases():
 
 
 CASES = _cases()
-
-
-def make_inputs(batch=2, dim=6, length=21, state=3, groups=None, dtype=torch.float32, seed=0):
-    """Inputs distributed as at Mamba's initialisation (dt log-uniform in [1e-3, 0.1], A = -(1..N))."""
-    g = torch.Generator().manual_seed(seed)
-    bc_shape = (batch, state, length) if groups is None else (batch, groups, state, length)
-    dt_init = torch.exp(torch.empty(dim).uniform_(math.log(1e-3), math.log(0.1), generator=g))
-    return dict(
-        u=torch.randn(batch, dim, length, generator=g, dtype=dtype),
-        delta=(0.5 * torch.randn(batch, dim, length, generator=g)).to(dtype),
-        A=-torch.arange(1, state + 1, dtype=dtype).repeat(dim, 1) * torch.rand(dim, 1, generator=g).to(dtype),
-        B=torch.randn(*bc_shape, generator=g, dtype=dtype),
-        C=torch.randn(*bc_shape, generator=g, dtype=dtype),
-        D=torch.randn(dim, generator=g, dtype=dtype),
-        z=torch.randn(batch, dim, length, generator=g, dtype=dtype),
-        delta_bias=(dt_init + torch.log(-torch.expm1(-dt_init))).to(dtype),
-    )
 
 
 def _run(backend, inp, options, grad=True, use_last=True):

@@ -39,13 +39,13 @@ from pathlib import Path
 
 import torch
 
-from visionssm.bench.machine import describe
-from visionssm.bench.scan import _fmt, _status_kb, best_time
+from visionssm.bench.machine import describe, resident_peak_mb, status_kb
+from visionssm.bench.scan import _fmt, best_time
 
 # the default run (the README's main job): the Vim paper's comparison (Vim-Ti vs DeiT-Ti in both
 # attention modes, up to its 1248 headline) and VMamba-T vs MambaOut-T (the same gated-CNN
 # design without the SSM); 20 cases, a few minutes on 2 CPU cores
-DEFAULT_MODELS = ["vim_tiny_patch16_224", "vmamba_tiny_s1l8", "deit_tiny_patch16_224", "mambaout_tiny"]
+DEFAULT_MODELS = ["vim_tiny_patch16_224", "vmamba_tiny_s1l8", "deit_tiny_patch16_224", "convnext_tiny", "mambaout_tiny"]
 DEFAULT_RESOLUTIONS = ["224", "512", "1024", "1248"]
 FULL_MODELS = ["vim_tiny_patch16_224", "vim_small_patch16_224", "vmamba_tiny_s1l8", "vmamba_vanilla_tiny",
                "deit_tiny_patch16_224", "deit_small_patch16_224", "resnet50", "convnext_tiny", "mambaout_tiny",
@@ -236,16 +236,7 @@ def _peak_memory_mb(step, device: torch.device) -> float:
         base = torch.cuda.memory_allocated()
         step()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    try:  # Linux: "5" resets the peak resident set (VmHWM) to the current one
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        base = _status_kb("VmRSS")
-        step()
-        return (_status_kb("VmHWM") - base) / 1024
-    except OSError:  # elsewhere: the lifetime peak, which includes start-up
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        step()
-        return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+    return resident_peak_mb(step)
 
 
 def _release_free_memory() -> None:
@@ -266,7 +257,7 @@ def _limit_memory(limit_mb: float | None) -> None:
     if not limit_mb:
         return
     try:
-        cap = _status_kb("VmSize") * 1024 + int(limit_mb * 2**20)
+        cap = status_kb("VmSize") * 1024 + int(limit_mb * 2**20)
         resource.setrlimit(resource.RLIMIT_AS, (cap, resource.getrlimit(resource.RLIMIT_AS)[1]))
     except (OSError, ValueError, StopIteration):
         pass

@@ -16,7 +16,6 @@ import csv
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from visionssm.bench.machine import describe
+from visionssm.bench.machine import describe, resident_peak_mb
 from visionssm.ops import available_backends, selective_scan
 
 SIZES = ["1x384x197x16", "8x384x197x16", "1x384x4097x16", "1x192x16384x16"]
@@ -120,24 +119,10 @@ def peak_memory_mb(impl, size, mode):
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def _status_kb(field):
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-
-
 def _memory_child(impl, size, mode):
     fn = step(impl, tuple(size), mode)
     step(impl, (1, 4, 3, 2), mode)()  # JIT compilation and lazy initialisation, on a tiny size
-    try:  # Linux: "5" resets the peak resident set (VmHWM) to the current one
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        base = _status_kb("VmRSS")
-        fn()
-        return (_status_kb("VmHWM") - base) / 1024
-    except OSError:  # elsewhere: the lifetime peak, which includes start-up
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        fn()
-        return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+    return resident_peak_mb(fn)
 
 
 def input_megabytes(b, d, length, n):
