@@ -1,4 +1,4 @@
-"""Selective-scan inputs shared by the scan tests."""
+"""Selective-scan inputs and a run-and-differentiate helper shared by the scan tests."""
 
 import math
 
@@ -21,3 +21,21 @@ def make_inputs(batch=2, dim=6, length=9, state=4, groups=None, dtype=torch.floa
         z=torch.randn(batch, dim, length, generator=g, dtype=dtype),
         delta_bias=(dt_init + torch.log(-torch.expm1(-dt_init)) + dt_bias_shift).to(dtype),
     )
+
+
+def run_scan(backend, inp, options, grad=True, use_last=True):
+    """Output, last state and the gradients of a loss on y and (when use_last, so that the gradient
+    into the last state is exercised) on the last state."""
+    from visionssm import selective_scan
+
+    inp = {k: v.clone().requires_grad_(grad) for k, v in inp.items()}
+    kw = {k: inp[k] for k in ("D", "z", "delta_bias") if options.get(k, True)}
+    y, last = selective_scan(inp["u"], inp["delta"], inp["A"], inp["B"], inp["C"], **kw,
+                             delta_softplus=options.get("softplus", True), return_last_state=True,
+                             backend=backend)
+    if not grad:
+        return y, last, {}
+    w = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)
+    loss = (y * w).sum() + ((last.to(y.dtype) ** 2).sum() * 0.1 if use_last else 0)
+    loss.backward()
+    return y, last, {k: v.grad for k, v in inp.items() if v.grad is not None}

@@ -22,7 +22,7 @@ import traceback
 import pytest
 import torch
 
-from scan_inputs import make_inputs  # tests/ is on sys.path
+from scan_inputs import make_inputs, run_scan  # tests/ is on sys.path
 
 pytestmark = pytest.mark.triton
 
@@ -58,23 +58,6 @@ def _cases():
 CASES = _cases()
 
 
-def _run(backend, inp, options, grad=True, use_last=True):
-    """Output, last state and the gradients of a loss on y (and on the last state when use_last)."""
-    from visionssm import selective_scan
-
-    inp = {k: v.clone().requires_grad_(grad) for k, v in inp.items()}
-    kw = {k: inp[k] for k in ("D", "z", "delta_bias") if options.get(k, True)}
-    y, last = selective_scan(inp["u"], inp["delta"], inp["A"], inp["B"], inp["C"], **kw,
-                             delta_softplus=options.get("softplus", True), return_last_state=True,
-                             backend=backend)
-    if not grad:
-        return y, last, {}
-    w = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)
-    loss = (y * w).sum() + ((last.to(y.dtype) ** 2).sum() * 0.1 if use_last else 0)
-    loss.backward()
-    return y, last, {k: v.grad for k, v in inp.items() if v.grad is not None}
-
-
 def _err(what, a, b, rtol, atol):
     """[what, max abs error, scale, rtol, atol]: passes when error <= atol + rtol * scale."""
     err = (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
@@ -98,8 +81,8 @@ def compute_case(case: dict) -> dict:
                               dim=case.get("dim", 6), batch=case.get("batch", 2))
             options = OPTIONS[case["options"]]
             use_last = case.get("use_last", True)
-            y0, h0, g0 = _run("reference", inp, options, use_last=use_last)
-            y1, h1, g1 = _run("triton", inp, options, use_last=use_last)
+            y0, h0, g0 = run_scan("reference", inp, options, use_last=use_last)
+            y1, h1, g1 = run_scan("triton", inp, options, use_last=use_last)
             if y1.dtype != torch.float32 or y1.shape != y0.shape or h1.shape != h0.shape:
                 return {"error": f"dtype/shape: {y1.dtype} {tuple(y1.shape)} {tuple(h1.shape)}"}
             if g1.keys() != g0.keys():
@@ -137,8 +120,8 @@ def compute_case(case: dict) -> dict:
         elif kind == "half":
             inp = make_inputs(length=37, groups=case["groups"])
             low = {k: v.to(torch.bfloat16) for k, v in inp.items()}
-            y_want, h_want, _ = _run("reference", {k: v.float() for k, v in low.items()}, {}, grad=False)
-            y, h, grads = _run("triton", low, {})
+            y_want, h_want, _ = run_scan("reference", {k: v.float() for k, v in low.items()}, {}, grad=False)
+            y, h, grads = run_scan("triton", low, {})
             if y.dtype != torch.bfloat16 or h.dtype != torch.float32 or grads["u"].dtype != torch.bfloat16:
                 return {"error": f"dtypes y {y.dtype}, last {h.dtype}, du {grads['u'].dtype}"}
             checks += [_err("last state", h, h_want, 1e-5, 1e-5), _err("y", y.float(), y_want, 2e-2, 2e-2)]

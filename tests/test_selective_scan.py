@@ -7,27 +7,12 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from scan_inputs import make_inputs  # tests/ is on sys.path
+from scan_inputs import make_inputs, run_scan  # tests/ is on sys.path
 from visionssm import available_backends, selective_scan, selective_scan_reference
 from visionssm.ops import scan_macs
 
 FAST = [b for b in available_backends("cpu") if b != "reference"]
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
-
-
-def run(backend, inp, options, grad=True):
-    """Output, last state and the gradients of a loss that uses both (so dlast is exercised)."""
-    inp = {k: v.clone().requires_grad_(grad) for k, v in inp.items()}
-    kw = {k: inp[k] for k in ("D", "z", "delta_bias") if options.get(k, True)}
-    y, last = selective_scan(inp["u"], inp["delta"], inp["A"], inp["B"], inp["C"], **kw,
-                             delta_softplus=options.get("softplus", True), return_last_state=True,
-                             backend=backend)
-    if not grad:
-        return y, last, {}
-    w = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)
-    loss = (y * w).sum() + (last.to(y.dtype) ** 2).sum() * 0.1
-    loss.backward()
-    return y, last, {k: v.grad for k, v in inp.items() if v.grad is not None}
 
 
 OPTIONS = [
@@ -51,8 +36,8 @@ def assert_close(a, b, rtol, atol, what):
 @pytest.mark.parametrize("length", [1, 2, 7, 130])
 def test_matches_reference_float32(backend, options, groups, length):
     inp = make_inputs(length=length, groups=groups)
-    y0, h0, g0 = run("reference", inp, options)
-    y1, h1, g1 = run(backend, inp, options)
+    y0, h0, g0 = run_scan("reference", inp, options)
+    y1, h1, g1 = run_scan(backend, inp, options)
     assert y1.dtype == torch.float32 and y1.shape == y0.shape and h1.shape == h0.shape
     assert_close(y1, y0, 1e-5, 1e-6, "y")
     assert_close(h1, h0, 1e-5, 1e-6, "last state")
@@ -79,7 +64,7 @@ def test_gradcheck_float64(backend, groups):
 def test_reference_backward_is_linear_in_length():
     """The reference must not take the O(L^2) autograd path of indexing per step (it would take minutes)."""
     inp = make_inputs(batch=1, dim=2, length=4096, state=2)
-    _, _, grads = run("reference", inp, dict())
+    _, _, grads = run_scan("reference", inp, dict())
     assert torch.isfinite(grads["u"]).all()
 
 
@@ -89,8 +74,8 @@ def test_long_sequence_large_decay_is_finite(backend):
     """16384 steps with |A| * sum(dt) far beyond the float32 exp range of a chunked cumsum form."""
     inp = make_inputs(batch=1, dim=4, length=16384, state=4, dt_bias_shift=3.0)
     inp["A"] = inp["A"] * 8
-    y0, h0, _ = run("reference", inp, dict(), grad=False)
-    y1, h1, g1 = run(backend, inp, dict())
+    y0, h0, _ = run_scan("reference", inp, dict(), grad=False)
+    y1, h1, g1 = run_scan(backend, inp, dict())
     assert (inp["A"].abs().max() * torch.nn.functional.softplus(inp["delta"] + inp["delta_bias"][:, None])
             .sum(-1).max()) > 1e4
     assert torch.isfinite(y1).all() and all(torch.isfinite(g).all() for g in g1.values())
@@ -102,11 +87,11 @@ def test_long_sequence_large_decay_is_finite(backend):
 @pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 2e-2), (torch.float16, 2e-3)])
 def test_half_inputs_accumulate_in_float32(backend, dtype, tol):
     inp = make_inputs(length=300, groups=2)
-    y32, h32, _ = run("reference", inp, dict(), grad=False)
+    y32, h32, _ = run_scan("reference", inp, dict(), grad=False)
     low = {k: v.to(dtype) for k, v in inp.items()}
     # the float32 answer for the rounded inputs: what a float32 state gives
-    y_want, h_want, _ = run("reference", {k: v.float() for k, v in low.items()}, dict(), grad=False)
-    y, h, grads = run(backend, low, dict())
+    y_want, h_want, _ = run_scan("reference", {k: v.float() for k, v in low.items()}, dict(), grad=False)
+    y, h, grads = run_scan(backend, low, dict())
     assert y.dtype == dtype and h.dtype == torch.float32
     assert grads["u"].dtype == dtype and grads["A"].dtype == dtype
     assert_close(h, h_want, 1e-5, 1e-5, "last state")  # the state itself is float32-exact
