@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from PIL import Image
+from scipy import ndimage
 
 BUILTIN = ("digits", "pathfinder")
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -228,30 +229,11 @@ def _densify(pts: list, spacing: float = 0.35) -> list:
 def components(image: np.ndarray, bridge: int) -> np.ndarray:
     """Labels (1, 2, ...) of the lit pixels' groups once gaps up to ``2 * bridge + 1`` pixels are closed.
 
-    The lit pixels grown by ``bridge`` in every direction (a square), then an 8-connected flood fill.
+    The lit pixels grown by ``bridge`` in every direction (a square), then 8-connected labelling.
     """
     lit = image > 0
-    grown = lit.copy()
-    h, w = lit.shape
-    for dy in range(-bridge, bridge + 1):
-        for dx in range(-bridge, bridge + 1):
-            grown[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] |= \
-                lit[max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
-    labels = np.zeros((h, w), dtype=np.int32)
-    count = 0
-    for start in zip(*np.nonzero(grown)):
-        if labels[start]:
-            continue
-        count += 1
-        labels[start] = count
-        stack = [start]
-        while stack:
-            y, x = stack.pop()
-            for ny in (y - 1, y, y + 1):
-                for nx in (x - 1, x, x + 1):
-                    if 0 <= ny < h and 0 <= nx < w and grown[ny, nx] and not labels[ny, nx]:
-                        labels[ny, nx] = count
-                        stack.append((ny, nx))
+    grown = ndimage.binary_dilation(lit, structure=np.ones((2 * bridge + 1,) * 2, bool)) if bridge else lit
+    labels, _ = ndimage.label(grown, structure=np.ones((3, 3), bool))
     return labels * lit
 
 
