@@ -10,6 +10,9 @@ asserts on its own case's result. Started with TRITON_INTERPRET=1 already set, t
 The kernels run with tiny tiles (CHUNK=8 steps, 4 channels per program) so that several chunks, a
 partial last chunk, a partial channel block and the atomic dB/dC reduction are all exercised at
 lengths the interpreter gets through in well under a second; one case runs the default tiles.
+
+With VISIONSSM_TRITON_TEST_DEVICE=cuda (on a machine with a GPU) the same cases run in-process,
+compiled for the GPU, on CUDA copies of the inputs; the reference still runs on the CPU.
 """
 
 import importlib.util
@@ -56,6 +59,15 @@ def _cases():
 
 
 CASES = _cases()
+DEVICE = os.environ.get("VISIONSSM_TRITON_TEST_DEVICE", "cpu")
+
+
+def _on_device(inp: dict) -> dict:
+    return {k: v.to(DEVICE) for k, v in inp.items()}
+
+
+def _on_cpu(*tensors):
+    return [t.cpu() for t in tensors]
 
 
 def _err(what, a, b, rtol, atol):
@@ -82,7 +94,9 @@ def compute_case(case: dict) -> dict:
             options = OPTIONS[case["options"]]
             use_last = case.get("use_last", True)
             y0, h0, g0 = run_scan("reference", inp, options, use_last=use_last)
-            y1, h1, g1 = run_scan("triton", inp, options, use_last=use_last)
+            y1, h1, g1 = run_scan("triton", _on_device(inp), options, use_last=use_last)
+            y1, h1 = _on_cpu(y1, h1)
+            g1 = {k: v.cpu() for k, v in g1.items()}
             if y1.dtype != torch.float32 or y1.shape != y0.shape or h1.shape != h0.shape:
                 return {"error": f"dtype/shape: {y1.dtype} {tuple(y1.shape)} {tuple(h1.shape)}"}
             if g1.keys() != g0.keys():
@@ -92,11 +106,12 @@ def compute_case(case: dict) -> dict:
         elif kind == "gradcheck":
             # float64 central differences along random directions, one per input (gradcheck's fast
             # mode, without its slow-mode rerun of hundreds of interpreted forwards on a failure)
-            inp = make_inputs(batch=1, dim=4, length=19, state=3, groups=case["groups"], dtype=torch.float64)
+            inp = _on_device(make_inputs(batch=1, dim=4, length=19, state=3, groups=case["groups"],
+                                         dtype=torch.float64))
             names = list(inp)
             g = torch.Generator().manual_seed(1)
-            w_y, w_h = torch.randn(1, 4, 19, generator=g, dtype=torch.float64), torch.randn(1, 4, 3, generator=g,
-                                                                                           dtype=torch.float64)
+            w_y, w_h = _on_device(dict(y=torch.randn(1, 4, 19, generator=g, dtype=torch.float64),
+                                       h=torch.randn(1, 4, 3, generator=g, dtype=torch.float64))).values()
 
             def loss(t):
                 y, h = selective_scan(*(t[k] for k in names[:5]), D=t["D"], z=t["z"], delta_bias=t["delta_bias"],
@@ -108,20 +123,22 @@ def compute_case(case: dict) -> dict:
             grads = dict(zip(names, torch.autograd.grad(value, list(leaves.values()))))
             eps = 1e-6
             for k in names:
-                v = torch.randn(inp[k].shape, generator=g, dtype=torch.float64)
+                v = torch.randn(inp[k].shape, generator=g, dtype=torch.float64).to(DEVICE)
                 with torch.no_grad():
                     plus = loss({**inp, k: inp[k] + eps * v})[0]
                     minus = loss({**inp, k: inp[k] - eps * v})[0]
                 numeric = ((plus - minus) / (2 * eps)).reshape(1)
                 checks.append(_err(f"directional derivative {k}", (grads[k] * v).sum().reshape(1), numeric,
                                    1e-6, 1e-8))
-            y0, h0 = selective_scan_reference(*(inp[k] for k in names), True, True)
+            y0, h0 = selective_scan_reference(*(inp[k].cpu() for k in names), True, True)
+            y1, h1 = _on_cpu(y1.detach(), h1.detach())
             checks += [_err("y float64", y1, y0, 1e-12, 1e-12), _err("last float64", h1, h0, 1e-12, 1e-12)]
         elif kind == "half":
             inp = make_inputs(length=37, groups=case["groups"])
             low = {k: v.to(torch.bfloat16) for k, v in inp.items()}
             y_want, h_want, _ = run_scan("reference", {k: v.float() for k, v in low.items()}, {}, grad=False)
-            y, h, grads = run_scan("triton", low, {})
+            y, h, grads = run_scan("triton", _on_device(low), {})
+            y, h, grads["u"] = _on_cpu(y, h, grads["u"])
             if y.dtype != torch.bfloat16 or h.dtype != torch.float32 or grads["u"].dtype != torch.bfloat16:
                 return {"error": f"dtypes y {y.dtype}, last {h.dtype}, du {grads['u'].dtype}"}
             checks += [_err("last state", h, h_want, 1e-5, 1e-5), _err("y", y.float(), y_want, 2e-2, 2e-2)]
@@ -129,7 +146,8 @@ def compute_case(case: dict) -> dict:
             inp = make_inputs(length=30)
             names = ("u", "delta", "A", "B", "C")
             with torch.no_grad():
-                y1 = selective_scan(*(inp[k] for k in names), D=inp["D"], backend="triton")
+                dev = _on_device(inp)
+                y1 = selective_scan(*(dev[k] for k in names), D=dev["D"], backend="triton").cpu()
             y0 = selective_scan_reference(*(inp[k] for k in names), D=inp["D"])
             checks.append(_err("y", y1, y0, 1e-5, 1e-6))
         else:
@@ -160,6 +178,10 @@ def _interpreter_in_effect() -> bool:
 def interpreter_results():
     if not _triton_importable():
         pytest.skip("triton is not importable")
+    if DEVICE != "cpu":
+        if not torch.cuda.is_available():
+            pytest.skip(f"VISIONSSM_TRITON_TEST_DEVICE={DEVICE} but no CUDA device is available")
+        return compute_all()
     if _interpreter_in_effect():
         return compute_all()
     env = dict(os.environ, TRITON_INTERPRET="1", HF_HUB_OFFLINE="1")
