@@ -17,7 +17,7 @@ bench: $(VENV)/.installed
 	$(BIN)/visionssm bench --out bench-out/models
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests tools
 
 test: lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q

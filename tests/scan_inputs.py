@@ -35,7 +35,7 @@ def run_scan(backend, inp, options, grad=True, use_last=True):
                              backend=backend)
     if not grad:
         return y, last, {}
-    w = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)
+    w = torch.linspace(-1, 1, y.numel(), dtype=y.dtype, device=y.device).view_as(y)
     loss = (y * w).sum() + ((last.to(y.dtype) ** 2).sum() * 0.1 if use_last else 0)
     loss.backward()
     return y, last, {k: v.grad for k, v in inp.items() if v.grad is not None}
