@@ -27,6 +27,7 @@ import difflib
 import hashlib
 import itertools
 import json
+import math
 import os
 import random
 import sys
@@ -50,8 +51,7 @@ import visionssm  # noqa: F401  (registers the models with timm)
 from visionssm.data import DataError, create_dataset
 
 CHECKPOINT_VERSION = 1
-METRIC_FIELDS = ["epoch", "step", "lr", "train_loss", "val_loss", "top1", "top5", "ema_top1", "ema_top5",
-                 "epoch_time_s", "train_img_per_s"]
+TASKS = ("classification", "segmentation", "detection")
 
 
 class CheckpointError(RuntimeError):
@@ -86,11 +86,16 @@ class ParseKwargs(argparse.Action):
 
 
 def train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="visionssm train", description="Train an image classifier (any timm model).",
+    p = argparse.ArgumentParser(prog="visionssm train",
+                                description="Train an image classifier (any timm model), or a segmentation or "
+                                            "detection model over one of them.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("-c", "--config", default=None, help="YAML file whose keys are these flags")
     g = p.add_argument_group("model and data")
-    g.add_argument("--model", default=None, help="timm model name, e.g. vim_tiny_patch16_224 (required)")
+    g.add_argument("--task", default="classification", choices=TASKS,
+                   help="what to train: a classifier, or a backbone under UperNet (segmentation) or Mask R-CNN")
+    g.add_argument("--model", default=None, help="timm model name, e.g. vim_tiny_patch16_224 (required); "
+                   "the backbone for segmentation/detection")
     g.add_argument("--model-kwargs", nargs="*", default={}, action=ParseKwargs, metavar="KEY=VALUE",
                    help="extra model constructor arguments, e.g. embed_dim=64 depth=4")
     g.add_argument("--pretrained-path", default=None,
@@ -149,6 +154,20 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--mixup-prob", type=float, default=1.0)
     g.add_argument("--mixup-switch-prob", type=float, default=0.5)
     g.add_argument("--mixup-mode", default="batch")
+    g = p.add_argument_group("segmentation and detection (--task segmentation|detection)")
+    g.add_argument("--crop-size", type=int, default=None,
+                   help="segmentation: training crop (default: --img-size, else 512 for folders, 128 for shapes)")
+    g.add_argument("--decode-channels", type=int, default=512, help="segmentation: UperNet head width")
+    g.add_argument("--aux-weight", type=float, default=0.4,
+                   help="segmentation: weight of the FCN auxiliary head's loss (0: no auxiliary head)")
+    g.add_argument("--eval-mode", default="whole", choices=("whole", "slide"),
+                   help="segmentation: whole-image or sliding-window inference")
+    g.add_argument("--eval-stride", type=int, default=None,
+                   help="segmentation: sliding-window stride (default: 2/3 of --crop-size)")
+    g.add_argument("--detector", default="mask_rcnn", choices=("mask_rcnn", "faster_rcnn"))
+    g.add_argument("--min-size", type=int, default=None,
+                   help="detection: the detector resizes the short side to this (default: 800, shapes: its size)")
+    g.add_argument("--max-size", type=int, default=None, help="detection: longest side (default: 1333)")
     g = p.add_argument_group("run")
     g.add_argument("--output", default=None, help="run folder (default: output/train/<time>-<model>)")
     g.add_argument("--resume", default=None, help="checkpoint file, or run folder (its last.pth), to carry on from")
@@ -474,6 +493,68 @@ def peak_memory_mb(device) -> float:
 # --- the training run ------------------------------------------------------------------------------------
 
 
+class ClassificationTask:
+    """Image classification with any timm model: timm's transforms, mixup/cutmix, top-1/top-k.
+
+    A task builds the model and the two data sets and knows the loss and the metrics; ``train``
+    runs the same loop over any task (``visionssm.dense.tasks`` has segmentation and detection).
+    """
+
+    name = "classification"
+    score = "top1"  # the metric that picks best.pth
+    fields = ["val_loss", "top1", "top5"]  # evaluate()'s values logged every epoch
+    train_collate = val_collate = None
+
+    def __init__(self, args: argparse.Namespace, progress: bool):
+        mixup_on = args.mixup > 0 or args.cutmix > 0
+        if mixup_on and args.batch_size % 2:
+            raise ValueError(f"--batch-size: mixup/cutmix need an even batch size, got {args.batch_size}")
+        # every rank reads the same lists; the samplers split them
+        train_ds = create_dataset(args.data, "train", args.img_size, args.train_num_samples, args.train_split,
+                                  seed=args.seed, progress=progress)
+        val_ds = create_dataset(args.data, "val", args.img_size, args.val_num_samples, args.val_split,
+                                classes=train_ds.classes, seed=args.seed, progress=progress)
+        self.classes = list(train_ds.classes)
+        seed_everything(args.seed)  # the model is built from one seed on every rank
+        self.model = create_model(args.model, len(self.classes), args.img_size or train_ds.defaults.img_size,
+                                  args.model_kwargs, args.drop, args.drop_path, args.pretrained_path)
+        self.data_config = data_config(args, train_ds.defaults, self.model)
+        self.train_set = TransformedDataset(train_ds, train_transform(args, train_ds.defaults, self.data_config))
+        self.val_set = TransformedDataset(val_ds, eval_transform(self.data_config))
+        self.mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, prob=args.mixup_prob,
+                              switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
+                              label_smoothing=args.smoothing, num_classes=len(self.classes)) if mixup_on else None
+        if mixup_on:
+            self.loss_fn = SoftTargetCrossEntropy()  # the smoothing is in the mixed targets
+        elif args.smoothing > 0:
+            self.loss_fn = LabelSmoothingCrossEntropy(smoothing=args.smoothing)
+        else:
+            self.loss_fn = nn.CrossEntropyLoss()
+
+    def loss(self, model: nn.Module, batch, device) -> tuple[torch.Tensor, int]:
+        """(loss, images in the batch), run under the caller's autocast."""
+        x, y = (t.to(device, non_blocking=True) for t in batch)
+        if self.mixup_fn is not None:
+            x, y = self.mixup_fn(x, y)
+        return self.loss_fn(model(x), y), x.shape[0]
+
+    def evaluate(self, model: nn.Module, loader, device, autocast) -> dict:
+        res = evaluate(model, loader, device, autocast, len(self.classes))
+        return dict(val_loss=res["loss"], top1=res["top1"], top5=res["top5"], count=res["count"])
+
+    def describe(self, val: dict) -> str:
+        return (f"val loss {val['val_loss']:.4f}, top-1 {val['top1']:.2f}, "
+                f"top-{min(5, len(self.classes))} {val['top5']:.2f}")
+
+
+def create_task(args: argparse.Namespace, progress: bool):
+    if args.task == "classification":
+        return ClassificationTask(args, progress)
+    from visionssm.dense.tasks import TASKS
+
+    return TASKS[args.task](args, progress)
+
+
 def train(args: argparse.Namespace) -> dict:
     """Run (or resume) a training run; return the summary that is also written to summary.json."""
     if not args.model or not args.data:
@@ -485,31 +566,17 @@ def train(args: argparse.Namespace) -> dict:
     for name in ("epochs", "batch_size", "grad_accum_steps"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')}: expected a positive int, got {getattr(args, name)}")
-    mixup_on = args.mixup > 0 or args.cutmix > 0
-    if mixup_on and args.batch_size % 2:
-        raise ValueError(f"--batch-size: mixup/cutmix need an even batch size, got {args.batch_size}")
 
     rank, world, device = init_distributed(args.device)
     main_process = rank == 0
     log = print if main_process else (lambda *a, **k: None)
     try:
-        # data (every rank reads the same lists; the samplers split them)
         progress = main_process and not args.no_progress
-        train_ds = create_dataset(args.data, "train", args.img_size, args.train_num_samples, args.train_split,
-                                  seed=args.seed, progress=progress)
-        val_ds = create_dataset(args.data, "val", args.img_size, args.val_num_samples, args.val_split,
-                                classes=train_ds.classes, seed=args.seed, progress=progress)
-        classes = list(train_ds.classes)
-
-        # model: built from one seed on every rank (DDP also broadcasts rank 0's weights)
-        seed_everything(args.seed)
-        img_size = args.img_size or train_ds.defaults.img_size
-        model = create_model(args.model, len(classes), img_size, args.model_kwargs, args.drop, args.drop_path,
-                             args.pretrained_path)
+        task = create_task(args, progress)
+        model, classes, cfg, score = task.model, task.classes, task.data_config, task.score
         if args.grad_checkpointing:
             model.set_grad_checkpointing(True)
         model.to(device)
-        cfg = data_config(args, train_ds.defaults, model)
         ema = (ModelEmaV3(model, decay=args.model_ema_decay, use_warmup=args.model_ema_warmup)
                if args.model_ema else None)
         opt_kwargs = {k: v for k, v in dict(eps=args.opt_eps, betas=args.opt_betas).items() if v is not None}
@@ -523,17 +590,16 @@ def train(args: argparse.Namespace) -> dict:
 
         # loaders: per-rank shards, reshuffled each epoch from (seed, epoch); worker seeds from a
         # generator of their own, so loading never touches the global RNG streams
-        train_set = TransformedDataset(train_ds, train_transform(args, train_ds.defaults, cfg))
+        train_set, val_set = task.train_set, task.val_set
         sampler = ResumableSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=args.seed,
                                    drop_last=True)
         loader_gen = torch.Generator()
         train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
                                   drop_last=True, pin_memory=device.type == "cuda", generator=loader_gen,
-                                  persistent_workers=False)
-        val_set = TransformedDataset(val_ds, eval_transform(cfg))
+                                  persistent_workers=False, collate_fn=task.train_collate)
         val_loader = DataLoader(val_set, batch_size=args.batch_size, sampler=ShardSampler(len(val_set), rank, world),
                                 num_workers=args.workers, pin_memory=device.type == "cuda",
-                                generator=torch.Generator().manual_seed(0))
+                                generator=torch.Generator().manual_seed(0), collate_fn=task.val_collate)
         updates_per_epoch = len(sampler) // args.batch_size // args.grad_accum_steps
         if updates_per_epoch < 1:
             raise DataError(f"--batch-size: {args.batch_size} x {args.grad_accum_steps} accumulation steps x "
@@ -541,21 +607,16 @@ def train(args: argparse.Namespace) -> dict:
         lr_scheduler, _ = create_scheduler_v2(
             optimizer, sched=args.sched, num_epochs=args.epochs, warmup_epochs=args.warmup_epochs,
             warmup_lr=args.warmup_lr, min_lr=args.min_lr, step_on_epochs=False, updates_per_epoch=updates_per_epoch)
-        mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, prob=args.mixup_prob,
-                         switch_prob=args.mixup_switch_prob, mode=args.mixup_mode, label_smoothing=args.smoothing,
-                         num_classes=len(classes)) if mixup_on else None
-        if mixup_on:
-            loss_fn = SoftTargetCrossEntropy()  # the smoothing is in the mixed targets
-        elif args.smoothing > 0:
-            loss_fn = LabelSmoothingCrossEntropy(smoothing=args.smoothing)
-        else:
-            loss_fn = nn.CrossEntropyLoss()
 
         # state that a resume restores
-        start_epoch, step, skip_steps, epoch_loss_sum, best = 0, 0, 0, 0.0, dict(top1=-1.0, epoch=-1)
+        start_epoch, step, skip_steps, epoch_loss_sum = 0, 0, 0, 0.0
+        best = {score: -math.inf, "epoch": -1}
         seed_everything(args.seed + rank)  # different augmentations on each rank
         if args.resume:
             ckpt = load_checkpoint(args.resume)
+            if ckpt.get("config", {}).get("task", "classification") != args.task:
+                raise CheckpointError(f"--resume {args.resume!r}: a {ckpt['config'].get('task', 'classification')} "
+                                      f"checkpoint, but --task is {args.task!r}")
             load_weights(raw_model, ckpt["model"], args.resume)
             if ema is not None:
                 if ckpt.get("model_ema") is None:
@@ -582,6 +643,8 @@ def train(args: argparse.Namespace) -> dict:
         # run folder and logs (rank 0)
         out = broadcast_object(args.output or os.path.join(
             "output", "train", time.strftime("%Y%m%d-%H%M%S") + f"-{args.model}"))
+        fields = ["epoch", "step", "lr", "train_loss", *task.fields, f"ema_{score}", "epoch_time_s",
+                  "train_img_per_s"]
         if main_process:
             os.makedirs(out, exist_ok=True)
             import yaml
@@ -602,7 +665,7 @@ def train(args: argparse.Namespace) -> dict:
                     epoch_loss_sum=loss_sum, best=best, rng=rngs, config=_plain(vars(args)), classes=classes,
                     data_config=cfg, world_size=world), os.path.join(out, path))
 
-        log(f"{args.model}: {sum(p.numel() for p in raw_model.parameters()) / 1e6:.3f}M parameters, "
+        log(f"{args.model} ({args.task}): {sum(p.numel() for p in raw_model.parameters()) / 1e6:.3f}M parameters, "
             f"{len(train_set)} training / {len(val_set)} validation images, {len(classes)} classes, "
             f"{cfg['img_size']} px, {world} process(es) on {device}, {updates_per_epoch} steps per epoch")
 
@@ -617,22 +680,19 @@ def train(args: argparse.Namespace) -> dict:
             skip_steps, epoch_loss_sum = 0, 0.0
             bar = _progress(updates_per_epoch, step_in_epoch, f"epoch {epoch}", progress)
             t0, seen = time.time(), 0
-            for x, y in train_loader:
+            for batch in train_loader:
                 if step_in_epoch >= updates_per_epoch:
                     break  # a tail too short for a whole accumulation is left out
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                if mixup_fn is not None:
-                    x, y = mixup_fn(x, y)
                 micro += 1
                 last_micro = micro % args.grad_accum_steps == 0
                 # under DDP the gradients are averaged across ranks on the last micro-batch only
                 sync = model.no_sync() if world > 1 and not last_micro else contextlib.nullcontext()
                 with sync:
                     with autocast():
-                        loss = loss_fn(model(x), y)
+                        loss, n = task.loss(model, batch, device)
                     scaler.scale(loss / args.grad_accum_steps).backward()
                 loss_acc = loss_acc + loss.detach().float()
-                seen += x.shape[0]
+                seen += n
                 if not last_micro:
                     continue
 
@@ -676,34 +736,32 @@ def train(args: argparse.Namespace) -> dict:
                 for buf in raw_model.buffers():
                     dist.broadcast(buf, 0)
 
-            val = evaluate(raw_model, val_loader, device, autocast, len(classes))
-            ema_val = evaluate(ema.module, val_loader, device, autocast, len(classes)) if ema is not None else {}
+            val = task.evaluate(raw_model, val_loader, device, autocast)
+            ema_val = task.evaluate(ema.module, val_loader, device, autocast) if ema is not None else {}
             metrics = dict(epoch=epoch, step=step, lr=optimizer.param_groups[0]["lr"],
-                           train_loss=loss_sum / max(step_in_epoch, 1), val_loss=val["loss"], top1=val["top1"],
-                           top5=val["top5"], ema_top1=ema_val.get("top1"), ema_top5=ema_val.get("top5"),
-                           epoch_time_s=epoch_time, train_img_per_s=seen * world / max(epoch_time, 1e-9))
-            score = max(val["top1"], ema_val.get("top1", -1.0))
-            improved = score > best["top1"]
+                           train_loss=loss_sum / max(step_in_epoch, 1), **{k: val[k] for k in task.fields},
+                           **{f"ema_{score}": ema_val.get(score)}, epoch_time_s=epoch_time,
+                           train_img_per_s=seen * world / max(epoch_time, 1e-9))
+            improved = max(val[score], ema_val.get(score, -math.inf)) > best[score]
             if improved:
-                best = dict(top1=score, epoch=epoch, top5=val["top5"] if score == val["top1"] else ema_val["top5"])
+                best = dict(val if val[score] >= ema_val.get(score, -math.inf) else ema_val, epoch=epoch)
             checkpoint(epoch + 1, 0, 0.0)
             if main_process:
                 if improved:
                     save_checkpoint(torch.load(os.path.join(out, "last.pth"), map_location="cpu", weights_only=True),
                                     os.path.join(out, "best.pth"))
-                _write_metrics(out, metrics, writer)
-                ema_note = f", EMA top-1 {ema_val['top1']:.2f}" if ema_val else ""
-                log(f"epoch {epoch}: train loss {metrics['train_loss']:.4f}, val loss {val['loss']:.4f}, "
-                    f"top-1 {val['top1']:.2f}, top-{min(5, len(classes))} {val['top5']:.2f}{ema_note}, "
+                _write_metrics(out, metrics, fields, writer)
+                ema_note = f", EMA {score} {ema_val[score]:.2f}" if ema_val else ""
+                log(f"epoch {epoch}: train loss {metrics['train_loss']:.4f}, {task.describe(val)}{ema_note}, "
                     f"{epoch_time:.1f} s, {metrics['train_img_per_s']:.0f} img/s")
 
         digests = gather_objects(param_digest(raw_model))
         summary = dict(
-            model=args.model, data=args.data, epochs=args.epochs, steps=step, world_size=world, device=str(device),
-            params_m=sum(p.numel() for p in raw_model.parameters()) / 1e6, img_size=cfg["img_size"],
-            final=metrics, best_top1=best["top1"], best_epoch=best["epoch"], wall_s=time.time() - run_start,
-            train_img_per_s=images_seen / max(train_time, 1e-9), peak_memory_mb=peak_memory_mb(device),
-            rank_param_digests=digests, output=out)
+            task=args.task, model=args.model, data=args.data, epochs=args.epochs, steps=step, world_size=world,
+            device=str(device), params_m=sum(p.numel() for p in raw_model.parameters()) / 1e6,
+            img_size=cfg["img_size"], final=metrics, **{f"best_{score}": best[score]}, best_epoch=best["epoch"],
+            wall_s=time.time() - run_start, train_img_per_s=images_seen / max(train_time, 1e-9),
+            peak_memory_mb=peak_memory_mb(device), rank_param_digests=digests, output=out)
         if len(set(digests)) > 1:
             raise RuntimeError(f"the ranks' weights differ after training (digests {digests}); this is a bug")
         if main_process:
@@ -712,7 +770,7 @@ def train(args: argparse.Namespace) -> dict:
             if writer is not None:
                 writer.close()
             if metrics:
-                log(f"done: top-1 {metrics['top1']:.2f} (best {best['top1']:.2f} at epoch {best['epoch']}), "
+                log(f"done: {score} {metrics[score]:.2f} (best {best[score]:.2f} at epoch {best['epoch']}), "
                     f"{summary['train_img_per_s']:.0f} img/s, peak memory {summary['peak_memory_mb']:.0f} MB, "
                     f"{summary['wall_s']:.1f} s; checkpoints in {out}")
         return summary
@@ -742,11 +800,11 @@ def _tensorboard(out: str):
     return SummaryWriter(os.path.join(out, "tensorboard"))
 
 
-def _write_metrics(out: str, row: dict, writer) -> None:
+def _write_metrics(out: str, row: dict, fields: list[str], writer) -> None:
     path = os.path.join(out, "metrics.csv")
     new = not os.path.exists(path)
     with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+        w = csv.DictWriter(f, fieldnames=fields)
         if new:
             w.writeheader()
         w.writerow(row)
