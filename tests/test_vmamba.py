@@ -566,6 +566,9 @@ def test_forward_intermediates_and_features_only():
     assert len(f.model.layers) == 3  # the stage after the last output is pruned
     with torch.no_grad():
         assert [tuple(t.shape) for t in f(x)] == [(1, 16, 8, 6), (1, 32, 4, 3)]
+    # num_classes=0 with feature extraction: the head is reset after timm pruned the final norm
+    f0 = timm.create_model("vmamba_tiny_s1l8", features_only=True, num_classes=0, **TINY)
+    assert len(f0(x)) == 4
 
 
 def _fast_backend():

@@ -25,6 +25,7 @@ import contextlib
 import csv
 import difflib
 import hashlib
+import importlib.util
 import itertools
 import json
 import math
@@ -165,6 +166,8 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval-stride", type=int, default=None,
                    help="segmentation: sliding-window stride (default: 2/3 of --crop-size)")
     g.add_argument("--detector", default="mask_rcnn", choices=("mask_rcnn", "faster_rcnn"))
+    g.add_argument("--detector-kwargs", nargs="*", default={}, action=ParseKwargs, metavar="KEY=VALUE",
+                   help="detection: torchvision detector arguments, e.g. box_batch_size_per_image=128")
     g.add_argument("--min-size", type=int, default=None,
                    help="detection: the detector resizes the short side to this (default: 800, shapes: its size)")
     g.add_argument("--max-size", type=int, default=None, help="detection: longest side (default: 1333)")
@@ -547,9 +550,16 @@ class ClassificationTask:
                 f"top-{min(5, len(self.classes))} {val['top5']:.2f}")
 
 
+def require_dense(task: str) -> None:
+    missing = [m for m in ("torchmetrics", "pycocotools") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ImportError(f"--task {task}: needs {' and '.join(missing)}; pip install 'visionssm[dense]'")
+
+
 def create_task(args: argparse.Namespace, progress: bool):
     if args.task == "classification":
         return ClassificationTask(args, progress)
+    require_dense(args.task)
     from visionssm.dense.tasks import TASKS
 
     return TASKS[args.task](args, progress)
@@ -745,15 +755,15 @@ def train(args: argparse.Namespace) -> dict:
             improved = max(val[score], ema_val.get(score, -math.inf)) > best[score]
             if improved:
                 best = dict(val if val[score] >= ema_val.get(score, -math.inf) else ema_val, epoch=epoch)
-            checkpoint(epoch + 1, 0, 0.0)
-            if main_process:
-                if improved:
-                    save_checkpoint(torch.load(os.path.join(out, "last.pth"), map_location="cpu", weights_only=True),
-                                    os.path.join(out, "best.pth"))
+            if main_process:  # before the checkpoint: a resume from it drops rows of epochs it re-runs
                 _write_metrics(out, metrics, fields, writer)
                 ema_note = f", EMA {score} {ema_val[score]:.2f}" if ema_val else ""
                 log(f"epoch {epoch}: train loss {metrics['train_loss']:.4f}, {task.describe(val)}{ema_note}, "
                     f"{epoch_time:.1f} s, {metrics['train_img_per_s']:.0f} img/s")
+            checkpoint(epoch + 1, 0, 0.0)
+            if main_process and improved:
+                save_checkpoint(torch.load(os.path.join(out, "last.pth"), map_location="cpu", weights_only=True),
+                                os.path.join(out, "best.pth"))
 
         digests = gather_objects(param_digest(raw_model))
         summary = dict(
@@ -864,7 +874,8 @@ def _model_from_checkpoint(args, num_classes: int | None = None):
 
 
 def eval_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="visionssm eval", description="Top-1/top-5 and loss of a checkpoint.")
+    p = argparse.ArgumentParser(prog="visionssm eval", description="Top-1/top-5 and loss of a checkpoint "
+                                "(mIoU of a segmentation one, box/mask AP of a detection one).")
     p.add_argument("--checkpoint", required=True, help="a 'visionssm train' checkpoint, or an official weights file")
     p.add_argument("--model", default=None, help="model name (default: the checkpoint's)")
     p.add_argument("--model-kwargs", nargs="*", default={}, action=ParseKwargs, metavar="KEY=VALUE")
@@ -879,6 +890,9 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp-dtype", default=None, choices=["float16", "bfloat16"])
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=42, help="pathfinder's seed (the trained one by default)")
+    p.add_argument("--eval-mode", default=None, choices=("whole", "slide"),
+                   help="segmentation checkpoints: whole-image or sliding-window inference (default: the trained)")
+    p.add_argument("--eval-stride", type=int, default=None, help="segmentation: sliding-window stride")
     return p
 
 
@@ -886,7 +900,13 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     args = eval_parser().parse_args(argv)
     rank, world, device = init_distributed(args.device)
     try:
-        ckpt_cfg = (load_checkpoint(args.checkpoint).get("config") or {})
+        ckpt = load_checkpoint(args.checkpoint)
+        ckpt_cfg = ckpt.get("config") or {}
+        if ckpt_cfg.get("task", "classification") != "classification":
+            require_dense(ckpt_cfg["task"])
+            from visionssm.dense.tasks import evaluate_checkpoint
+
+            return evaluate_checkpoint(args, ckpt, rank, world, device)
         data = args.data or ckpt_cfg.get("data")
         if not data:
             raise ValueError("--data: required (the checkpoint does not name its data)")

@@ -1,6 +1,7 @@
 """Benchmarks: ``visionssm bench`` (models vs resolution, the main job), ``visionssm bench scan``
 (the selective-scan backends on CPU), ``scan-gpu`` (the Triton kernel), ``export`` (onnxruntime vs
-eager vs torch.compile), ``train`` (the recorded digits/pathfinder training results)."""
+eager vs torch.compile), ``train`` (the recorded digits/pathfinder training results), ``dense`` (segmentation memory vs
+resolution, short segmentation/detection trainings on generated data)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ TARGETS = {
     "scan-gpu": "visionssm.bench.scan_gpu",
     "export": "visionssm.bench.export",
     "train": "visionssm.bench.train_results",
+    "dense": "visionssm.bench.dense",
 }
 DEFAULT_TARGET = "models"
 

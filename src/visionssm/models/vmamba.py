@@ -183,6 +183,7 @@ class VMambaHead(nn.Module):
     def __init__(self, dim: int, num_classes: int, global_pool: str = "avg", drop_rate: float = 0.0,
                  device=None, dtype=None):
         super().__init__()
+        self.dim = dim  # kept: timm's feature extraction may replace norm and head with Identity
         self.global_pool = _check_pool(global_pool)
         self.norm = nn.LayerNorm(dim, device=device, dtype=dtype)
         self.drop = nn.Dropout(drop_rate)
@@ -192,10 +193,9 @@ class VMambaHead(nn.Module):
     def reset(self, num_classes: int, global_pool: str | None = None) -> None:
         if global_pool is not None:
             self.global_pool = _check_pool(global_pool)
-        w = self.norm.weight if isinstance(self.norm, nn.LayerNorm) else None
+        w = next(self.parameters(), None)
         dd = dict(device=w.device, dtype=w.dtype) if w is not None else {}
-        dim = self.norm.normalized_shape[0] if w is not None else self.head.in_features
-        self.head = nn.Linear(dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(self.dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.norm(x)  # NHWC

@@ -1,0 +1,161 @@
+"""Dense-prediction benchmarks of docs/benchmarks.md.
+
+    visionssm bench dense memory [--resolutions 512 1024 2048] [--backbones ...]
+    visionssm bench dense train [--tasks seg-vmamba seg-vim det-vmamba] [--epochs N]
+
+``memory``: the UperNet segmentation model (batch 1, 150 classes as for ADE20K, inference under
+no_grad) over VMamba-T and timm's ConvNeXt-T and Swin-T backbones at each resolution, each case in
+a fresh process: peak resident memory above the process's baseline, and the time of one forward.
+``train``: short CPU trainings on the generated ``shapes`` data (UperNet with a tiny VMamba and a
+tiny Vim; Mask R-CNN with a tiny VMamba), through ``visionssm train``; mIoU / box and mask AP and
+the wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+from visionssm.bench.machine import describe
+
+BACKBONES = ("vmamba_tiny_s1l8", "convnext_tiny", "swin_tiny_patch4_window7_224")
+# tiny backbones for the CPU trainings: about 1-2M parameters
+TINY = {
+    "vmamba": ("vmamba_tiny_s1l8", ["dims=32", "depths=[1,1,2,1]"]),
+    "vim": ("vim_tiny_patch16_224", ["embed_dim=96", "depth=6"]),
+}
+TRAIN_CASES = {  # name -> (task, family, extra flags)
+    "seg-vmamba": ("segmentation", "vmamba", []),
+    "seg-vim": ("segmentation", "vim", []),
+    "det-vmamba": ("detection", "vmamba", []),
+}
+
+
+def memory_case(backbone: str, res: int, num_classes: int = 150) -> dict:
+    """Run in a child process: build the segmentor, one warm-up at 64 px, then one forward at res."""
+    import torch
+
+    from visionssm.bench.machine import resident_peak_mb
+    from visionssm.dense.models import build_segmentor
+
+    torch.manual_seed(0)
+    model = build_segmentor(backbone, num_classes, img_size=res).eval()
+    x = torch.randn(1, 3, res, res)
+    with torch.no_grad():
+        model(torch.randn(1, 3, 64, 64))
+        t0 = time.perf_counter()
+        peak = resident_peak_mb(lambda: model(x))
+        seconds = time.perf_counter() - t0
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    return dict(backbone=backbone, res=res, params_m=params, peak_mb=peak, forward_s=seconds)
+
+
+def run_memory(args) -> list[dict]:
+    rows = []
+    for res in args.resolutions:
+        for backbone in args.backbones:
+            cmd = [sys.executable, "-m", "visionssm.bench.dense", "_memory_case", backbone, str(res)]
+            try:
+                out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.time_limit)
+                lines = out.stdout.strip().splitlines()
+                row = (json.loads(lines[-1]) if out.returncode == 0 and lines else
+                       dict(backbone=backbone, res=res, error=(out.stderr.strip().splitlines() or ["?"])[-1]))
+                if out.returncode < 0 or out.returncode == 137:
+                    row["error"] = f"killed (signal {-out.returncode}, likely out of memory)"
+            except subprocess.TimeoutExpired:
+                row = dict(backbone=backbone, res=res, error=f"over the {args.time_limit:.0f} s limit")
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def memory_table(rows: list[dict]) -> str:
+    lines = ["| backbone | resolution | params (M) | peak memory (MB) | forward (s) |", "|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['backbone']} | {r['res']} | | {r['error']} | |")
+        else:
+            lines.append(f"| {r['backbone']} | {r['res']} | {r['params_m']:.1f} | {r['peak_mb']:.0f} | "
+                         f"{r['forward_s']:.2f} |")
+    return "\n".join(lines)
+
+
+def run_train(args) -> list[dict]:
+    from visionssm import train as T
+
+    rows = []
+    for case in args.tasks:
+        task, family, extra = TRAIN_CASES[case]
+        model, kwargs = TINY[family]
+        folder = os.path.join(args.out, case)
+        flags = ["--task", task, "--model", model, "--model-kwargs", *kwargs, "--data", "shapes",
+                 "--img-size", str(args.img_size), "--train-num-samples", str(args.num_samples[0]),
+                 "--val-num-samples", str(args.num_samples[1]), "--epochs", str(args.epochs), "-b", "8",
+                 "--lr", "1e-3", "--weight-decay", "0.01", "--warmup-epochs", "1", "--workers", "0",
+                 "--no-progress", "--seed", "0", "--output", folder, *extra]
+        if task == "segmentation":
+            flags += ["--decode-channels", "64"]
+        t0 = time.time()
+        summary = T.train(T.parse_args(T.train_parser(), flags))
+        row = dict(case=case, task=task, model=model, model_kwargs=" ".join(kwargs), params_m=summary["params_m"],
+                   epochs=args.epochs, wall_s=time.time() - t0, img_per_s=summary["train_img_per_s"],
+                   final={k: v for k, v in summary["final"].items() if not isinstance(v, list)})
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def train_table(rows: list[dict]) -> str:
+    lines = ["| case | backbone (kwargs) | params (M) | epochs | result (%) | wall (s) | train img/s |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        f = r["final"]
+        if r["task"] == "segmentation":
+            result = f"mIoU {f['mIoU']:.1f}, aAcc {f['aAcc']:.1f}"
+        else:
+            result = ", ".join(f"{t} AP {f[t + '_AP']:.1f} / AP50 {f[t + '_AP50']:.1f}" for t in ("bbox", "segm")
+                               if t + "_AP" in f)
+        lines.append(f"| {r['case']} | {r['model']} ({r['model_kwargs']}) | {r['params_m']:.2f} | {r['epochs']} | "
+                     f"{result} | {r['wall_s']:.0f} | {r['img_per_s']:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["_memory_case"]:  # the child process of run_memory
+        print(json.dumps(memory_case(argv[1], int(argv[2]))))
+        return 0
+    p = argparse.ArgumentParser(prog="visionssm bench dense", description=__doc__.split("\n\n")[0])
+    p.add_argument("what", choices=("memory", "train"))
+    p.add_argument("--resolutions", type=int, nargs="+", default=[512, 1024, 2048])
+    p.add_argument("--backbones", nargs="+", default=list(BACKBONES))
+    p.add_argument("--time-limit", type=float, default=600.0, help="seconds per memory case")
+    p.add_argument("--tasks", nargs="+", choices=list(TRAIN_CASES), default=list(TRAIN_CASES))
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--img-size", type=int, default=96)
+    p.add_argument("--num-samples", type=int, nargs=2, default=[400, 50], metavar=("TRAIN", "VAL"))
+    p.add_argument("--out", default="bench-out/dense")
+    args = p.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    machine = describe("cpu")
+    print(f"machine: {machine}")
+    if args.what == "memory":
+        rows = run_memory(args)
+        md = f"UperNet (150 classes), batch 1, inference; {machine}.\n\n{memory_table(rows)}\n"
+    else:
+        rows = run_train(args)
+        md = f"Training on shapes ({args.img_size} px), {machine}.\n\n{train_table(rows)}\n"
+    with open(os.path.join(args.out, f"{args.what}.json"), "w") as f:
+        json.dump(dict(machine=machine, rows=rows), f, indent=1)
+    with open(os.path.join(args.out, f"{args.what}.md"), "w") as f:
+        f.write(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

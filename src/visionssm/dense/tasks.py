@@ -1,0 +1,208 @@
+"""The segmentation and detection tasks of ``visionssm train --task ...`` and ``visionssm eval``.
+
+A task builds the model and the data sets and knows the loss and the metrics; the training loop in
+``visionssm.train`` (AMP, DDP, EMA, checkpoints, exact resume, progress) is shared with
+classification. ``--model`` names the backbone: VMamba's four stages feed the head directly, Vim
+(and plain ViTs) through the simple feature pyramid.
+
+    visionssm train --task segmentation --model vmamba_tiny_s1l8 --data shapes --epochs 10 -b 8
+    visionssm train --task segmentation --model vmamba_tiny_s1l8 --data /data/ADEChallengeData2016 \\
+        --crop-size 512 --pretrained-path vssm1_tiny_0230s_ckpt_epoch_264.pth --lr 6e-5 --weight-decay 0.01
+    visionssm train --task detection --model vim_tiny_patch16_224 --data /data/coco --epochs 12
+    visionssm eval --checkpoint runs/seg/best.pth --eval-mode slide
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+from visionssm.dense.data import SegmentationTransform, collate_detection, create_dense_dataset
+from visionssm.dense.evaluation import evaluate_detection, evaluate_segmentation
+from visionssm.dense.models import build_detector, build_segmentor
+
+IGNORE_INDEX = 255
+
+
+def _backbone_kwargs(args: argparse.Namespace) -> dict:
+    """--model-kwargs, --drop-path and --pretrained-path (the backbone's classification weights) for timm."""
+    kw = dict(args.model_kwargs or {})
+    if args.drop_path is not None:
+        kw["drop_path_rate"] = args.drop_path
+    if args.pretrained_path:
+        import os
+
+        if not os.path.isfile(args.pretrained_path):
+            raise FileNotFoundError(f"--pretrained-path: {args.pretrained_path!r} does not exist")
+        kw.update(pretrained=True, pretrained_cfg_overlay=dict(file=args.pretrained_path))
+    return kw
+
+
+def _seed(args):
+    from visionssm.train import seed_everything
+
+    seed_everything(args.seed)  # the model is built from one seed on every rank
+
+
+class JointTransformed(torch.utils.data.Dataset):
+    """(image, mask) pairs through one transform that sees both."""
+
+    def __init__(self, ds, transform):
+        self.ds, self.transform = ds, transform
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        return self.transform(*self.ds[i])
+
+
+def collate_lists(batch):
+    """Validation images keep their own sizes: (list of images, list of masks)."""
+    images, masks = zip(*batch)
+    return list(images), list(masks)
+
+
+class SegmentationTask:
+    """UperNet (+ FCN auxiliary head) over a backbone; cross-entropy ignoring label 255; mIoU."""
+
+    name = "segmentation"
+    score = "mIoU"
+    fields = ["val_loss", "mIoU", "aAcc", "mAcc"]
+    train_collate = None
+    val_collate = staticmethod(collate_lists)
+
+    def __init__(self, args: argparse.Namespace, progress: bool = False, train: bool = True):
+        self.args = args
+        val_ds = create_dense_dataset("segmentation", args.data, "val", args.img_size, args.val_num_samples,
+                                      seed=args.seed)
+        train_ds = (create_dense_dataset("segmentation", args.data, "train", args.img_size, args.train_num_samples,
+                                         seed=args.seed) if train else None)
+        self.classes = list(val_ds.classes)
+        if train_ds is not None and list(train_ds.classes) != self.classes:
+            raise ValueError(f"--data: the training classes {train_ds.classes} differ from the validation classes")
+        builtin = args.data == "shapes"
+        crop = args.crop_size or args.img_size or (128 if builtin else 512)
+        self.data_config = dict(img_size=crop, crop_size=crop, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
+                                resize_short=None if builtin else crop)
+        _seed(args)
+        self.model = build_segmentor(args.model, len(self.classes), img_size=crop, channels=args.decode_channels,
+                                     aux=args.aux_weight > 0, backbone_kwargs=_backbone_kwargs(args))
+        if train_ds is not None:
+            self.train_set = JointTransformed(train_ds, SegmentationTransform(True, crop))
+        self.val_set = JointTransformed(val_ds, SegmentationTransform(False, crop,
+                                                                      resize_short=self.data_config["resize_short"]))
+
+    def loss(self, model: nn.Module, batch, device) -> tuple[torch.Tensor, int]:
+        images, masks = (t.to(device, non_blocking=True) for t in batch)
+        out = model(images)
+        loss = F.cross_entropy(out["out"].float(), masks, ignore_index=IGNORE_INDEX)
+        if "aux" in out:
+            loss = loss + self.args.aux_weight * F.cross_entropy(out["aux"].float(), masks, ignore_index=IGNORE_INDEX)
+        return loss, images.shape[0]
+
+    def evaluate(self, model: nn.Module, loader, device, autocast) -> dict:
+        crop = self.data_config["crop_size"]
+        res = evaluate_segmentation(
+            model, loader, device, len(self.classes), autocast=autocast, mode=self.args.eval_mode, crop_size=crop,
+            stride=self.args.eval_stride or max(1, crop * 2 // 3), ignore_index=IGNORE_INDEX,
+            loss_fn=lambda logits, masks: F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX))
+        return dict(val_loss=res["loss"], mIoU=100 * res["mIoU"], aAcc=100 * res["aAcc"], mAcc=100 * res["mAcc"],
+                    IoU=[100 * v for v in res["IoU"]])
+
+    def describe(self, val: dict) -> str:
+        return f"val loss {val['val_loss']:.4f}, mIoU {val['mIoU']:.2f}, aAcc {val['aAcc']:.2f}, mAcc {val['mAcc']:.2f}"
+
+
+def _gather_concat(items: list) -> list:
+    from visionssm.train import gather_objects
+
+    return [x for part in gather_objects(items) for x in part]
+
+
+class DetectionTask:
+    """torchvision's Mask R-CNN (or Faster R-CNN) with the backbone + FPN; COCO box (and mask) AP."""
+
+    name = "detection"
+    score = "bbox_AP"
+    train_collate = val_collate = staticmethod(collate_detection)
+
+    def __init__(self, args: argparse.Namespace, progress: bool = False, train: bool = True):
+        self.args = args
+        self.val_ds = create_dense_dataset("detection", args.data, "val", args.img_size, args.val_num_samples,
+                                           seed=args.seed)
+        train_ds = (create_dense_dataset("detection", args.data, "train", args.img_size, args.train_num_samples,
+                                         seed=args.seed) if train else None)
+        self.classes = list(self.val_ds.classes)
+        builtin = args.data == "shapes"
+        min_size = args.min_size or args.img_size or (128 if builtin else 800)
+        max_size = args.max_size or (min_size if builtin else 1333)
+        self.data_config = dict(img_size=min_size, min_size=min_size, max_size=max_size)
+        self.iou_types = ("bbox", "segm") if args.detector == "mask_rcnn" else ("bbox",)
+        self.fields = [f"{t}_{m}" for t in self.iou_types for m in ("AP", "AP50", "AP75", "APs", "APm", "APl")]
+        _seed(args)
+        self.model = build_detector(args.model, len(self.classes) + 1, kind=args.detector, img_size=min_size,
+                                    min_size=min_size, max_size=max_size, backbone_kwargs=_backbone_kwargs(args),
+                                    **(getattr(args, "detector_kwargs", None) or {}))
+        if train_ds is not None:
+            self.train_set = train_ds
+        self.val_set = self.val_ds
+
+    def loss(self, model: nn.Module, batch, device) -> tuple[torch.Tensor, int]:
+        images, targets = batch
+        images = [im.to(device, non_blocking=True) for im in images]
+        targets = [{k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()}
+                   for t in targets]
+        losses = model(images, targets)
+        return sum(losses.values()), len(images)
+
+    def evaluate(self, model: nn.Module, loader, device, autocast) -> dict:
+        res = evaluate_detection(model, loader, device, self.val_ds.coco, self.val_ds.label_to_cat,
+                                 autocast=autocast, iou_types=self.iou_types, gather=_gather_concat)
+        return {k: 100 * res[k] for k in self.fields}
+
+    def describe(self, val: dict) -> str:
+        return ", ".join(f"{t} AP {val[f'{t}_AP']:.2f} (AP50 {val[f'{t}_AP50']:.2f})" for t in self.iou_types)
+
+
+TASKS = {"segmentation": SegmentationTask, "detection": DetectionTask}
+
+
+def evaluate_checkpoint(args: argparse.Namespace, ckpt: dict, rank: int, world: int, device) -> int:
+    """``visionssm eval`` of a segmentation or detection checkpoint written by ``visionssm train``."""
+    import json
+    import time
+
+    from torch.utils.data import DataLoader
+
+    from visionssm.train import ShardSampler, autocast_for, load_weights, peak_memory_mb, state_dict_of
+
+    cfg = argparse.Namespace(**ckpt["config"])
+    cfg.data = args.data or cfg.data
+    cfg.val_num_samples = args.num_samples
+    cfg.eval_mode = args.eval_mode or cfg.eval_mode
+    cfg.eval_stride = args.eval_stride or cfg.eval_stride
+    cfg.pretrained_path = None  # the checkpoint has every weight
+    if args.img_size:
+        cfg.img_size = cfg.crop_size = cfg.min_size = args.img_size
+    task = TASKS[cfg.task](cfg, train=False)
+    if len(task.classes) != len(ckpt["classes"]):
+        raise ValueError(f"--data: {len(task.classes)} classes, the checkpoint has {len(ckpt['classes'])}")
+    load_weights(task.model, state_dict_of(ckpt, args.use_ema), args.checkpoint)
+    task.model.to(device)
+    autocast, _ = autocast_for(device, args.amp, args.amp_dtype)
+    loader = DataLoader(task.val_set, batch_size=args.batch_size, sampler=ShardSampler(len(task.val_set), rank, world),
+                        num_workers=args.workers, collate_fn=task.val_collate)
+    t0 = time.time()
+    res = task.evaluate(task.model, loader, device, autocast)
+    res.update(count=len(task.val_set), images_per_s=len(task.val_set) / (time.time() - t0),
+               peak_memory_mb=peak_memory_mb(device))
+    if rank == 0:
+        print(f"{args.checkpoint} on {cfg.data}/val ({res['count']} images): {task.describe(res)}, "
+              f"{res['images_per_s']:.1f} img/s")
+        print(json.dumps(res))
+    return 0

@@ -1,0 +1,137 @@
+"""visionssm train --task segmentation|detection and visionssm eval of their checkpoints, on generated data."""
+
+import json
+
+import pytest
+import torch
+
+from test_train import Crash, crash_on_save  # tests/ is on sys.path
+from visionssm import train as T
+from visionssm.cli import main as cli_main
+from visionssm.data import DataError
+
+VMAMBA = ["--model", "vmamba_tiny_s1l8", "--model-kwargs", "dims=8", "depths=[1,1,1,1]"]
+VIM = ["--model", "vim_tiny_patch16_224", "--model-kwargs", "embed_dim=32", "depth=4"]
+COMMON = ["--data", "shapes", "--img-size", "64", "--lr", "2e-3", "--warmup-epochs", "0", "--weight-decay", "0.01",
+          "--workers", "0", "--no-progress", "--seed", "0"]
+SEG = ["--task", "segmentation", *VMAMBA, *COMMON, "--decode-channels", "16", "--train-num-samples", "32",
+       "--val-num-samples", "8", "-b", "8"]
+SMALL_HEADS = ["--detector-kwargs", "box_batch_size_per_image=64", "rpn_batch_size_per_image=64",
+               "rpn_pre_nms_top_n_train=200", "rpn_post_nms_top_n_train=100", "rpn_pre_nms_top_n_test=200",
+               "rpn_post_nms_top_n_test=50", "box_detections_per_img=20"]
+
+
+def rows(folder):
+    with open(folder / "metrics.jsonl") as f:
+        return [json.loads(line) for line in f]
+
+
+def fixed_batch_losses(task, batch, steps=8, lr=2e-3):
+    """Losses of `steps` AdamW steps on one batch: the task's loss must be one the model can lower."""
+    torch.manual_seed(0)
+    opt = torch.optim.AdamW(task.model.parameters(), lr=lr)
+    task.model.train()
+    losses = []
+    for _ in range(steps):
+        loss, n = task.loss(task.model, batch, torch.device("cpu"))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert n == len(batch[0])
+    return losses
+
+
+@pytest.mark.parametrize("backbone", [VMAMBA, VIM], ids=["vmamba", "vim"])
+def test_segmentation_steps_lower_the_loss(backbone):
+    args = T.parse_args(T.train_parser(), [*SEG, *backbone])
+    task = T.create_task(args, progress=False)
+    assert task.classes == ["background", "ellipse", "triangle", "rectangle", "pentagon"]
+    batch = torch.utils.data.default_collate([task.train_set[i] for i in range(4)])
+    assert batch[0].shape == (4, 3, 64, 64) and batch[1].shape == (4, 64, 64)
+    losses = fixed_batch_losses(task, batch)
+    assert losses[-1] < 0.85 * losses[0], losses
+
+
+@pytest.mark.parametrize("detector", ["mask_rcnn", "faster_rcnn"])
+def test_detection_steps_lower_the_loss(detector):
+    args = T.parse_args(T.train_parser(), ["--task", "detection", *VMAMBA, *COMMON, "--detector", detector,
+                                           *SMALL_HEADS, "--train-num-samples", "4", "--val-num-samples", "2"])
+    task = T.create_task(args, progress=False)
+    assert task.fields[0] == "bbox_AP" and any(f.startswith("segm") for f in task.fields) == (detector == "mask_rcnn")
+    batch = task.train_collate([task.train_set[i] for i in range(2)])
+    losses = fixed_batch_losses(task, batch, steps=6)
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+@pytest.fixture(scope="module")
+def seg_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("seg") / "run"
+    assert cli_main(["train", *SEG, "--epochs", "2", "--output", str(out)]) == 0
+    return out
+
+
+def test_segmentation_run_logs_and_checkpoints(seg_run):
+    r = rows(seg_run)
+    assert [x["epoch"] for x in r] == [0, 1] and r[1]["train_loss"] < r[0]["train_loss"]
+    assert all(0 <= x["mIoU"] <= 100 and 0 <= x["aAcc"] <= 100 for x in r)
+    header = (seg_run / "metrics.csv").read_text().splitlines()[0]
+    assert header.startswith("epoch,step,lr,train_loss,val_loss,mIoU,aAcc,mAcc,ema_mIoU")
+    ckpt = T.load_checkpoint(str(seg_run / "last.pth"))
+    assert ckpt["config"]["task"] == "segmentation" and len(ckpt["classes"]) == 5
+    summary = json.loads((seg_run / "summary.json").read_text())
+    assert summary["best_mIoU"] == max(x["mIoU"] for x in r)
+
+
+def test_eval_of_a_segmentation_checkpoint_matches_training(seg_run, capsys):
+    capsys.readouterr()
+    assert cli_main(["eval", "--checkpoint", str(seg_run / "last.pth"), "--num-samples", "8", "--workers", "0"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["count"] == 8 and len(res["IoU"]) == 5
+    assert res["mIoU"] == pytest.approx(rows(seg_run)[-1]["mIoU"], abs=1e-6)  # same weights, same 8 images
+    # sliding windows of 48 px with stride 16 over the 64 px images: a different, valid result
+    assert cli_main(["eval", "--checkpoint", str(seg_run / "last.pth"), "--num-samples", "8", "--workers", "0",
+                     "--eval-mode", "slide", "--img-size", "48", "--eval-stride", "16"]) == 0
+    slide = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0 <= slide["mIoU"] <= 100
+
+
+def test_segmentation_resume_continues_exactly(seg_run, tmp_path, monkeypatch):
+    out = tmp_path / "resumed"
+    with monkeypatch.context() as m:
+        crash_on_save(m, 1)  # stopped at the end of epoch 0
+        with pytest.raises(Crash):
+            cli_main(["train", *SEG, "--epochs", "2", "--output", str(out)])
+    assert cli_main(["train", *SEG, "--epochs", "2", "--output", str(out), "--resume", str(out / "last.pth")]) == 0
+    digests = json.loads((out / "summary.json").read_text())["rank_param_digests"]
+    assert digests == json.loads((seg_run / "summary.json").read_text())["rank_param_digests"]
+    assert [r["mIoU"] for r in rows(out)] == [r["mIoU"] for r in rows(seg_run)]
+
+
+def test_detection_run_and_eval(tmp_path, capsys):
+    out = tmp_path / "det"
+    assert cli_main(["train", "--task", "detection", *VMAMBA, *COMMON, "--detector", "faster_rcnn", *SMALL_HEADS,
+                     "--train-num-samples", "8", "--val-num-samples", "4", "-b", "4", "--epochs", "1",
+                     "--output", str(out)]) == 0
+    r = rows(out)
+    assert set(r[0]) >= {"bbox_AP", "bbox_AP50", "bbox_AP75", "ema_bbox_AP"} and "segm_AP" not in r[0]
+    capsys.readouterr()
+    assert cli_main(["eval", "--checkpoint", str(out / "last.pth"), "--num-samples", "4", "--workers", "0"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["count"] == 4 and res["bbox_AP"] == pytest.approx(r[0]["bbox_AP"], abs=1e-9)
+
+
+def test_clear_errors(tmp_path, monkeypatch, seg_run):
+    with pytest.raises(DataError, match="does not exist"):
+        T.train(T.parse_args(T.train_parser(), ["--task", "segmentation", *VMAMBA, "--data", str(tmp_path / "no"),
+                                                "--output", str(tmp_path / "x")]))
+    with pytest.raises(T.CheckpointError, match="segmentation checkpoint, but --task is 'detection'"):
+        T.train(T.parse_args(T.train_parser(), ["--task", "detection", *VMAMBA, *COMMON, *SMALL_HEADS,
+                                                "--train-num-samples", "4", "--val-num-samples", "2", "-b", "2",
+                                                "--resume", str(seg_run / "last.pth"), "--output", str(tmp_path)]))
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pycocotools" else real(name, *a))
+    with pytest.raises(ImportError, match=r"pycocotools.*visionssm\[dense\]"):
+        T.create_task(T.parse_args(T.train_parser(), ["--task", "detection", *VMAMBA, *COMMON]), progress=False)
