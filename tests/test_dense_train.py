@@ -108,11 +108,27 @@ def test_segmentation_resume_continues_exactly(seg_run, tmp_path, monkeypatch):
     assert [r["mIoU"] for r in rows(out)] == [r["mIoU"] for r in rows(seg_run)]
 
 
+def test_shapes_on_disk_serve_both_tasks_as_the_builtin_set(tmp_path):
+    root = tmp_path / "shapes"
+    assert cli_main(["shapes", "--out", str(root), "--num-images", "6", "3", "--img-size", "64"]) == 0
+    assert (root / "annotations" / "instances_train.json").exists() and (root / "classes.txt").exists()
+    flags = [*VMAMBA, "--data", str(root), "--img-size", "64", "--crop-size", "64"]
+    seg = T.create_task(T.parse_args(T.train_parser(), ["--task", "segmentation", *flags]), progress=False)
+    builtin = T.create_task(T.parse_args(T.train_parser(), ["--task", "segmentation", *flags[:-6], *COMMON,
+                                                            "--val-num-samples", "3"]), progress=False)
+    assert len(seg.train_set) == 6 and seg.classes == builtin.classes
+    assert all(torch.equal(seg.val_set[i][1], builtin.val_set[i][1]) for i in range(3))  # same masks
+    det = T.create_task(T.parse_args(T.train_parser(), ["--task", "detection", *flags, *SMALL_HEADS]),
+                        progress=False)
+    assert len(det.val_set) == 3 and det.classes == ["ellipse", "triangle", "rectangle", "pentagon"]
+
+
 def test_detection_run_and_eval(tmp_path, capsys):
+    data = tmp_path / "coco"
+    assert cli_main(["shapes", "--out", str(data), "--num-images", "8", "4", "--img-size", "64"]) == 0
     out = tmp_path / "det"
-    assert cli_main(["train", "--task", "detection", *VMAMBA, *COMMON, "--detector", "faster_rcnn", *SMALL_HEADS,
-                     "--train-num-samples", "8", "--val-num-samples", "4", "-b", "4", "--epochs", "1",
-                     "--output", str(out)]) == 0
+    assert cli_main(["train", "--task", "detection", *VMAMBA, *COMMON, "--data", str(data), "--detector",
+                     "faster_rcnn", *SMALL_HEADS, "-b", "4", "--epochs", "1", "--output", str(out)]) == 0
     r = rows(out)
     assert set(r[0]) >= {"bbox_AP", "bbox_AP50", "bbox_AP75", "ema_bbox_AP"} and "segm_AP" not in r[0]
     capsys.readouterr()

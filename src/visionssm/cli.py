@@ -16,8 +16,9 @@ COMMANDS = {
     "erf": ("visionssm.analysis.erf", "effective-receptive-field pictures of models, side by side"),
     "models": ("visionssm.cli:models_main", "list this library's models"),
     "export": ("visionssm.export", "a model to ONNX (onnxruntime) or torch.export .pt2, verified"),
-    "train": ("visionssm.train", "train a classifier (any timm model) on a folder, 'digits' or 'pathfinder'"),
-    "eval": ("visionssm.train:evaluate_main", "top-1/top-5 and loss of a checkpoint, at any resolution"),
+    "train": ("visionssm.train", "train a classifier (any timm model), or --task segmentation|detection"),
+    "eval": ("visionssm.train:evaluate_main", "top-1 / mIoU / box and mask AP of a checkpoint, at any resolution"),
+    "shapes": ("visionssm.dense.data:shapes_main", "write the generated shapes set as COCO JSON and mask folders"),
     "predict": ("visionssm.train:predict_main", "the top classes of some images"),
 }
 

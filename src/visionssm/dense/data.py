@@ -46,7 +46,7 @@ from visionssm.data import IMG_EXTENSIONS, DataError
 
 __all__ = ["ADE20K", "ADE20K_CLASSES", "CocoDetection", "SHAPES_CLASSES", "SegmentationFolder",
            "SegmentationTransform", "ShapesDetection", "ShapesSegmentation", "collate_detection",
-           "create_dense_dataset", "shapes_sample", "write_shapes_coco"]
+           "create_dense_dataset", "shapes_main", "shapes_sample", "write_shapes_coco", "write_shapes_masks"]
 
 IGNORE_INDEX = 255
 
@@ -534,6 +534,46 @@ def write_shapes_coco(out_dir: str, split: str = "train", num_images: int = 100,
             os.remove(tmp)
         raise
     return path
+
+
+def write_shapes_masks(out_dir: str, split: str = "train", num_images: int | None = None, img_size: int = 128,
+                       seed: int = 0) -> str:
+    """Writes the generated shapes in the :class:`SegmentationFolder` layout; returns ``out_dir``.
+
+    ``out_dir/images/<split>/<6 digits>.png``, ``out_dir/masks/<split>/<6 digits>.png`` (labels as
+    pixel values) and ``out_dir/classes.txt``: the images of ``write_shapes_coco`` (same names), so
+    one folder serves both tasks.
+    """
+    ds = ShapesSegmentation(split, img_size, num_images, seed)
+    image_dir, mask_dir = os.path.join(out_dir, "images", split), os.path.join(out_dir, "masks", split)
+    os.makedirs(image_dir, exist_ok=True)
+    os.makedirs(mask_dir, exist_ok=True)
+    for index in range(len(ds)):
+        image, mask = ds[index]
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(os.path.join(image_dir, f"{index + 1:06d}.png"))
+        Image.fromarray(mask.numpy().astype(np.uint8)).save(os.path.join(mask_dir, f"{index + 1:06d}.png"))
+    with open(os.path.join(out_dir, "classes.txt"), "w") as f:
+        f.write("\n".join(ds.classes) + "\n")
+    return out_dir
+
+
+def shapes_main(argv: list[str] | None = None) -> int:
+    """``visionssm shapes``: the generated set on disk, as COCO instances and as image + mask folders."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="visionssm shapes", description=shapes_main.__doc__.split(": ", 1)[1])
+    p.add_argument("--out", required=True, help="folder to write (train/, val/, annotations/, images/, masks/)")
+    p.add_argument("--num-images", type=int, nargs=2, default=(500, 50), metavar=("TRAIN", "VAL"))
+    p.add_argument("--img-size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    for split, n in zip(("train", "val"), args.num_images):
+        if n < 1:
+            p.error(f"--num-images: expected positive counts, got {n} for {split}")
+        ann = write_shapes_coco(args.out, split, n, args.img_size, args.seed)
+        write_shapes_masks(args.out, split, n, args.img_size, args.seed)
+        print(f"{split}: {n} images of {args.img_size} px, {ann}, {os.path.join(args.out, 'masks', split)}")
+    return 0
 
 
 def _target(boxes, labels, masks, image_id: int, h: int, w: int) -> dict:

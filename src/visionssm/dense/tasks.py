@@ -21,11 +21,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from visionssm.dense.data import SegmentationTransform, collate_detection, create_dense_dataset
+from visionssm.dense.data import IGNORE_INDEX, SegmentationTransform, collate_detection, create_dense_dataset
 from visionssm.dense.evaluation import evaluate_detection, evaluate_segmentation
-from visionssm.dense.models import build_detector, build_segmentor
-
-IGNORE_INDEX = 255
+from visionssm.dense.models import build_detector, build_segmentor, segmentation_loss
 
 
 def _backbone_kwargs(args: argparse.Namespace) -> dict:
@@ -99,11 +97,7 @@ class SegmentationTask:
 
     def loss(self, model: nn.Module, batch, device) -> tuple[torch.Tensor, int]:
         images, masks = (t.to(device, non_blocking=True) for t in batch)
-        out = model(images)
-        loss = F.cross_entropy(out["out"].float(), masks, ignore_index=IGNORE_INDEX)
-        if "aux" in out:
-            loss = loss + self.args.aux_weight * F.cross_entropy(out["aux"].float(), masks, ignore_index=IGNORE_INDEX)
-        return loss, images.shape[0]
+        return segmentation_loss(model(images), masks, IGNORE_INDEX, self.args.aux_weight), images.shape[0]
 
     def evaluate(self, model: nn.Module, loader, device, autocast) -> dict:
         crop = self.data_config["crop_size"]
