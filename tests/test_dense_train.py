@@ -151,3 +151,20 @@ def test_clear_errors(tmp_path, monkeypatch, seg_run):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pycocotools" else real(name, *a))
     with pytest.raises(ImportError, match=r"pycocotools.*visionssm\[dense\]"):
         T.create_task(T.parse_args(T.train_parser(), ["--task", "detection", *VMAMBA, *COMMON]), progress=False)
+
+
+def test_pretrained_backbone_weights_are_loaded(tmp_path):
+    import timm
+
+    classifier = timm.create_model("vmamba_tiny_s1l8", dims=8, depths=[1, 1, 1, 1])
+    path = tmp_path / "classifier.pth"
+    torch.save({"model": classifier.state_dict()}, path)
+    args = T.parse_args(T.train_parser(), [*SEG, "--pretrained-path", str(path)])
+    task = T.create_task(args, progress=False)
+    body = task.model.backbone.body.state_dict()
+    want = classifier.state_dict()
+    loaded = [k for k in body if k.removeprefix("model.") in want]
+    assert len(loaded) > 20
+    assert all(torch.equal(body[k], want[k.removeprefix("model.")]) for k in loaded)
+    with pytest.raises(T.CheckpointError, match="--pretrained-path"):
+        T.create_task(T.parse_args(T.train_parser(), [*SEG, "--pretrained-path", str(tmp_path / "no.pth")]), False)

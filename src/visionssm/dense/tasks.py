@@ -15,6 +15,7 @@ classification. ``--model`` names the backbone: VMamba's four stages feed the he
 from __future__ import annotations
 
 import argparse
+import os
 
 import torch
 import torch.nn as nn
@@ -32,11 +33,11 @@ def _backbone_kwargs(args: argparse.Namespace) -> dict:
     if args.drop_path is not None:
         kw["drop_path_rate"] = args.drop_path
     if args.pretrained_path:
-        import os
+        from visionssm.train import CheckpointError
 
         if not os.path.isfile(args.pretrained_path):
-            raise FileNotFoundError(f"--pretrained-path: {args.pretrained_path!r} does not exist")
-        kw.update(pretrained=True, pretrained_cfg_overlay=dict(file=args.pretrained_path))
+            raise CheckpointError(f"--pretrained-path: {args.pretrained_path!r} does not exist")
+        kw["pretrained_path"] = args.pretrained_path
     return kw
 
 
