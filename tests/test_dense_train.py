@@ -168,3 +168,26 @@ def test_pretrained_backbone_weights_are_loaded(tmp_path):
     assert all(torch.equal(body[k], want[k.removeprefix("model.")]) for k in loaded)
     with pytest.raises(T.CheckpointError, match="--pretrained-path"):
         T.create_task(T.parse_args(T.train_parser(), [*SEG, "--pretrained-path", str(tmp_path / "no.pth")]), False)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_segmentation_scores_the_whole_validation_set(tmp_path, capsys):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "visionssm",
+           "train", *SEG, "--train-num-samples", "16", "--val-num-samples", "6", "-b", "4", "--epochs", "1",
+           "--output", str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and len(set(summary["rank_param_digests"])) == 1
+    # each rank saw 3 of the 6 validation images; the logged mIoU is that of all 6 (synced confusion matrix)
+    capsys.readouterr()
+    assert cli_main(["eval", "--checkpoint", str(out / "last.pth"), "--num-samples", "6", "--workers", "0"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["mIoU"] == pytest.approx(rows(out)[0]["mIoU"], abs=1e-6)
+    assert res["val_loss"] == pytest.approx(rows(out)[0]["val_loss"], rel=1e-5)
