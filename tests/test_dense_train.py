@@ -191,3 +191,14 @@ def test_two_process_ddp_segmentation_scores_the_whole_validation_set(tmp_path, 
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res["mIoU"] == pytest.approx(rows(out)[0]["mIoU"], abs=1e-6)
     assert res["val_loss"] == pytest.approx(rows(out)[0]["val_loss"], rel=1e-5)
+
+
+def test_evaluation_batches_stack_only_images_of_one_size():
+    from visionssm.dense.tasks import collate_eval
+
+    same = [(torch.zeros(3, 8, 8), torch.zeros(8, 8, dtype=torch.long))] * 2
+    images, masks = collate_eval(same)
+    assert images.shape == (2, 3, 8, 8) and masks.shape == (2, 8, 8)
+    mixed = [*same[:1], (torch.zeros(3, 8, 6), torch.zeros(8, 6, dtype=torch.long))]
+    images, masks = collate_eval(mixed)
+    assert isinstance(images, list) and [m.shape for m in masks] == [(8, 8), (8, 6)]

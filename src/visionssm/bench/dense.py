@@ -31,7 +31,11 @@ TINY = {
 TRAIN_CASES = {  # name -> (task, family, extra flags)
     "seg-vmamba": ("segmentation", "vmamba", []),
     "seg-vim": ("segmentation", "vim", []),
-    "det-vmamba": ("detection", "vmamba", []),
+    # fewer sampled regions than torchvision's COCO defaults: a few shapes per image, and a CPU
+    "det-vmamba": ("detection", "vmamba", ["--detector-kwargs", "box_batch_size_per_image=128",
+                                           "rpn_batch_size_per_image=128", "rpn_pre_nms_top_n_train=600",
+                                           "rpn_post_nms_top_n_train=300", "rpn_pre_nms_top_n_test=300",
+                                           "rpn_post_nms_top_n_test=100"]),
 }
 
 
@@ -104,6 +108,9 @@ def run_train(args) -> list[dict]:
         row = dict(case=case, task=task, model=model, model_kwargs=" ".join(kwargs), params_m=summary["params_m"],
                    epochs=args.epochs, wall_s=time.time() - t0, img_per_s=summary["train_img_per_s"],
                    final={k: v for k, v in summary["final"].items() if not isinstance(v, list)})
+        if task == "segmentation":  # per-class IoU of the best epoch, kept in the checkpoint
+            ckpt = T.load_checkpoint(os.path.join(folder, "last.pth"))
+            row["best_iou"] = dict(zip(ckpt["classes"], ckpt["best"]["IoU"]))
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
@@ -116,6 +123,8 @@ def train_table(rows: list[dict]) -> str:
         f = r["final"]
         if r["task"] == "segmentation":
             result = f"mIoU {f['mIoU']:.1f}, aAcc {f['aAcc']:.1f}"
+            if "best_iou" in r:
+                result += " (IoU " + ", ".join(f"{k} {v:.1f}" for k, v in r["best_iou"].items()) + ")"
         else:
             result = ", ".join(f"{t} AP {f[t + '_AP']:.1f} / AP50 {f[t + '_AP50']:.1f}" for t in ("bbox", "segm")
                                if t + "_AP" in f)

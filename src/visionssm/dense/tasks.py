@@ -60,9 +60,11 @@ class JointTransformed(torch.utils.data.Dataset):
         return self.transform(*self.ds[i])
 
 
-def collate_lists(batch):
-    """Validation images keep their own sizes: (list of images, list of masks)."""
+def collate_eval(batch):
+    """Stacked when the images share a size, else (list of images, list of masks): each keeps its own."""
     images, masks = zip(*batch)
+    if len({im.shape for im in images}) == 1:
+        return torch.stack(images), torch.stack(masks)
     return list(images), list(masks)
 
 
@@ -73,7 +75,7 @@ class SegmentationTask:
     score = "mIoU"
     fields = ["val_loss", "mIoU", "aAcc", "mAcc"]
     train_collate = None
-    val_collate = staticmethod(collate_lists)
+    val_collate = staticmethod(collate_eval)
 
     def __init__(self, args: argparse.Namespace, progress: bool = False, train: bool = True):
         self.args = args
