@@ -237,6 +237,23 @@ def test_module_imports_and_explains_without_triton(monkeypatch):
     assert mod.checkpoint_shape(2, 6, 130, 4) == (2, 3, 6, 4)
 
 
+def test_default_tiles_follow_the_state_size():
+    """The sweep's shape of tile (scan_triton.TILE elements, 2 warps) for every state size, and
+    checkpoints spaced by the chunk the kernels walk."""
+    from visionssm.ops import scan_triton as st
+
+    cpu = torch.device("cpu")
+    for state in (1, 2, 3, 4, 8, 16, 32, 64):
+        chunk = st._chunk(state)
+        block_d, block_n = st._block_sizes(256, 1, 1024, state, cpu)
+        assert 32 <= chunk <= 256 and block_n == st._next_pow2(state)
+        assert block_d * block_n * chunk == max(st.TILE, block_n * chunk)  # a full tile, or one channel
+        assert st._num_warps(block_d, block_n, chunk) == max(1, block_d * block_n * chunk // 512)
+        assert st.checkpoint_shape(2, 6, 3 * chunk + 1, state) == (2, 4, 6, state)
+    assert st._block_sizes(1, 1, 1024, 1, torch.device("meta"))[0] == 4  # not a CUDA device: no SM count
+    assert st._block_sizes(256, 1, 2, 1, cpu)[0] == 2  # never more channels than a group has
+
+
 def test_gpu_benchmark_without_cuda_exits_with_a_message(monkeypatch, capsys, tmp_path):
     from visionssm.bench import scan_gpu
 

@@ -4,8 +4,8 @@ The design follows the official CUDA kernel (scan_algorithms.md §1.2) in Triton
 
 Forward. One program per (channel block of ``BLOCK_D`` channels, group, batch); the channel
 block never straddles a group, so the program reads one (state, length) slab of B and C. The
-program walks the length in chunks of ``CHUNK`` steps. Per chunk it loads (BLOCK_D, CHUNK)
-tiles of u, delta and z and (state, CHUNK) tiles of B and C, each contiguous along the length
+program walks the length in chunks of ``CHUNK`` steps (32 to 256, by the state size). Per chunk it
+loads (BLOCK_D, CHUNK) tiles of u, delta and z and (state, CHUNK) tiles of B and C, each contiguous along the length
 (coalesced), adds delta_bias and takes the softplus, forms the decays exp2(dt * A * log2(e)) and
 the inputs dt * B * u as (BLOCK_D, state, CHUNK) tiles in registers, and runs
 ``tl.associative_scan`` along the chunk with the affine operator (a1, x1) o (a2, x2) =
@@ -54,10 +54,14 @@ except ImportError as e:  # the package works without Triton; this backend says 
 else:
     _IMPORT_ERROR = None
 
-# Steps per chunk: the tile length of the scan and the spacing of the saved states. 64 keeps the
-# backward's (BLOCK_D, state, CHUNK) tiles in registers and the checkpoints at state/64 of u's size.
-CHUNK = 64
-# Channels per program; None picks about 64 // state (see _block_sizes). Tests set both smaller.
+# Tile sizes. A launch-configuration sweep on an H200 (tools/gpu_tune.py, docs/benchmarks.md) found
+# (BLOCK_D, state, CHUNK) tiles of about TILE elements on 2 warps fastest both for 16 states (32
+# steps x 2 channels: 2.2x the forward and 1.7x the forward+backward of 64 x 4 on 8 warps) and for 1
+# state (256 steps x 4 channels: 1.9x the forward). CHUNK is also the spacing of the saved states.
+TILE = 1024
+# Steps per chunk and channels per program; None picks them from the state size (_chunk,
+# _block_sizes). Tests set both smaller.
+CHUNK = None
 BLOCK_D = None
 
 
@@ -94,8 +98,13 @@ def unavailable_reason(device: torch.device) -> str | None:
     return f"the 'triton' backend runs on CUDA tensors, got {device.type} tensors"
 
 
+def _chunk(state: int) -> int:
+    """Steps per chunk: 256 for one state down to 32 from 8 states up."""
+    return CHUNK or min(256, max(32, 256 // _next_pow2(state)))
+
+
 def checkpoint_shape(batch, dim, length, state):
-    return (batch, -(-length // CHUNK), dim, state)
+    return (batch, -(-length // _chunk(state)), dim, state)
 
 
 @functools.cache
@@ -105,23 +114,22 @@ def _sm_count(device: torch.device) -> int:
 
 def _block_sizes(batch: int, groups: int, dim_per_group: int, state: int, device: torch.device
                  ) -> tuple[int, int]:
-    """(BLOCK_D, BLOCK_N): about 64 states per time step in a program and at most 8 channels, so
-    that the backward's (BLOCK_D, BLOCK_N, CHUNK) and (BLOCK_D, CHUNK) tiles fit in registers
-    (ptxas for sm_90 reports no spills at these sizes); fewer channels where that leaves fewer
-    than about two programs per SM (VMamba's d_state=1 at small batch); never more than a group."""
+    """(BLOCK_D, BLOCK_N): channels so that a (BLOCK_D, BLOCK_N, CHUNK) tile holds about TILE
+    elements; fewer where that leaves fewer than about two programs per SM (VMamba's d_state=1 at
+    small batch); never more than a group."""
     block_n = _next_pow2(state)
     if BLOCK_D is not None:
         block_d = _next_pow2(BLOCK_D)
     else:
-        block_d = min(8, max(1, 64 // block_n))
+        block_d = max(1, TILE // (block_n * _chunk(state)))
         while block_d > 1 and batch * groups * -(-dim_per_group // block_d) < 2 * _sm_count(device):
             block_d //= 2
     return max(1, min(block_d, _next_pow2(dim_per_group))), block_n
 
 
 def _num_warps(block_d: int, block_n: int, chunk: int) -> int:
-    """About 512 elements of the 3-D tiles and 8 of the 2-D ones per thread, 1 to 8 warps."""
-    return min(8, _next_pow2(max(block_d * block_n * chunk // 512, block_d * chunk // 256, 1)))
+    """One warp per 512 elements of the 3-D tiles (2 at TILE), 1 to 8."""
+    return min(8, _next_pow2(max(block_d * block_n * chunk // 512, 1)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,7 +382,8 @@ def forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save_checkpoint
     batch, dim, length = u.shape
     groups, state = B.shape[1], A.shape[1]
     dg = dim // groups
-    nchunks = -(-length // CHUNK)
+    chunk = _chunk(state)
+    nchunks = -(-length // chunk)
     y = torch.empty_like(u)
     last = u.new_zeros(batch, dim, state)
     ckpt = u.new_empty(checkpoint_shape(batch, dim, length, state)) if save_checkpoints else u.new_empty(0)
@@ -390,7 +399,7 @@ def forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save_checkpoint
             dim, length, nchunks, dg, groups, state,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             SOFTPLUS=bool(delta_softplus), SAVE=bool(save_checkpoints),
-            BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=CHUNK, num_warps=_num_warps(block_d, block_n, CHUNK),
+            BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk, num_warps=_num_warps(block_d, block_n, chunk),
         )
     return y, last, ckpt
 
@@ -403,7 +412,8 @@ def backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ckpt, dout, dl
     batch, dim, length = u.shape
     groups, state = B.shape[1], A.shape[1]
     dg = dim // groups
-    nchunks = -(-length // CHUNK)
+    chunk = _chunk(state)
+    nchunks = -(-length // chunk)
     block_d, block_n = _block_sizes(batch, groups, dg, state, u.device)
     nblk = -(-dg // block_d)
     # every element of these is written by exactly one program (dB, dC are summed into)
@@ -427,7 +437,7 @@ def backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ckpt, dout, dl
                 dim, length, nchunks, dg, groups, state,
                 HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                 SOFTPLUS=bool(delta_softplus), HAS_DLAST=dlast is not None, ATOMIC_BC=nblk > 1,
-                BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=CHUNK, num_warps=_num_warps(block_d, block_n, CHUNK),
+                BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk, num_warps=_num_warps(block_d, block_n, chunk),
             )
     return (du, ddelta, dA_part.sum(0), dB, dC, dD_part.sum(0) if D is not None else None, dz,
             dbias_part.sum(0) if delta_bias is not None else None)
