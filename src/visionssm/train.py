@@ -1,11 +1,15 @@
 """``visionssm train``, ``visionssm eval`` and ``visionssm predict``: one training loop, top to bottom.
 
+The loop runs a task object: :class:`ClassificationTask` here, segmentation and detection in
+``visionssm.dense.tasks``; a task builds the model and data sets and knows the loss and metrics.
+
     visionssm train --model vim_tiny_patch16_224 --data digits --model-kwargs embed_dim=64 depth=4 \\
         --epochs 20 --batch-size 64 --lr 2e-3 --output runs/vim-digits
     torchrun --nproc_per_node=8 -m visionssm train --model vim_tiny_patch16_224 --data /imagenet ...
     visionssm train --resume runs/vim-digits            # carries on from runs/vim-digits/last.pth
     visionssm eval --checkpoint runs/vim-digits/best.pth --data digits
     visionssm predict --checkpoint runs/vim-digits/best.pth a.png b.png
+    visionssm train --task segmentation --model vmamba_tiny_s1l8 --data shapes   # see visionssm.dense.tasks
 
 Flags are named as timm's ``train.py`` names them; ``--config FILE.yaml`` takes the same flags as
 keys (``batch_size`` or ``batch-size``). One process per device under torchrun: DistributedDataParallel
@@ -503,7 +507,6 @@ class ClassificationTask:
     runs the same loop over any task (``visionssm.dense.tasks`` has segmentation and detection).
     """
 
-    name = "classification"
     score = "top1"  # the metric that picks best.pth
     fields = ["val_loss", "top1", "top5"]  # evaluate()'s values logged every epoch
     train_collate = val_collate = None

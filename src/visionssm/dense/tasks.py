@@ -71,7 +71,6 @@ def collate_eval(batch):
 class SegmentationTask:
     """UperNet (+ FCN auxiliary head) over a backbone; cross-entropy ignoring label 255; mIoU."""
 
-    name = "segmentation"
     score = "mIoU"
     fields = ["val_loss", "mIoU", "aAcc", "mAcc"]
     train_collate = None
@@ -124,7 +123,6 @@ def _gather_concat(items: list) -> list:
 class DetectionTask:
     """torchvision's Mask R-CNN (or Faster R-CNN) with the backbone + FPN; COCO box (and mask) AP."""
 
-    name = "detection"
     score = "bbox_AP"
     train_collate = val_collate = staticmethod(collate_detection)
 
