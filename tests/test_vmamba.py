@@ -122,6 +122,15 @@ def test_variant_counts_and_key_table(name):
     assert got == official_shapes(dims, depths, d_state, ssm_ratio, mlp_ratio, vanilla)
 
 
+def test_builds_under_a_meta_device_context():
+    """`with torch.device("meta")` (how empty-weight initialisation builds big models) as device="meta"."""
+    with torch.device("meta"):
+        meta = timm.create_model("vmamba_tiny_s1l8", drop_path_rate=0.2, **TINY)
+    cpu = timm.create_model("vmamba_tiny_s1l8", drop_path_rate=0.2, **TINY)
+    assert {p.device.type for p in meta.parameters()} == {"meta"}
+    assert {k: v.shape for k, v in meta.state_dict().items()} == {k: v.shape for k, v in cpu.state_dict().items()}
+
+
 def test_key_table_counts_of_reference():
     # the tensor counts the reference document lists for the two tiny models
     assert len(timm.create_model("vmamba_vanilla_tiny", device="meta").state_dict()) == 212

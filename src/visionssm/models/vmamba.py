@@ -300,7 +300,7 @@ class VMamba(nn.Module):
             conv_bias=ssm_conv_bias, gate=ssm_gate, scan_order=scan_order, backend=scan_backend,
             mlp_ratio=mlp_ratio,
         )
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # also under a meta device
         self.layers = nn.ModuleList()
         self.feature_info = []
         for i, depth in enumerate(depths):
