@@ -60,7 +60,7 @@ def test_detection_steps_lower_the_loss(detector):
     task = T.create_task(args, progress=False)
     assert task.fields[0] == "bbox_AP" and any(f.startswith("segm") for f in task.fields) == (detector == "mask_rcnn")
     batch = task.train_collate([task.train_set[i] for i in range(2)])
-    losses = fixed_batch_losses(task, batch, steps=6)
+    losses = fixed_batch_losses(task, batch, steps=6, lr=5e-4)
     assert losses[-1] < 0.8 * losses[0], losses
 
 
@@ -202,3 +202,25 @@ def test_evaluation_batches_stack_only_images_of_one_size():
     mixed = [*same[:1], (torch.zeros(3, 8, 6), torch.zeros(8, 6, dtype=torch.long))]
     images, masks = collate_eval(mixed)
     assert isinstance(images, list) and [m.shape for m in masks] == [(8, 8), (8, 6)]
+
+
+def test_an_official_layout_upernet_checkpoint_loads_whole(tmp_path):
+    """mmseg's layout of VMamba's released UperNet files: backbone.<classifier keys>, backbone.outnorm{i},
+    decode_head.*, auxiliary_head.*, under 'state_dict' with mmengine's 'meta'."""
+    args = T.parse_args(T.train_parser(), SEG)
+    source = T.create_task(args, progress=False).model.eval()
+    official = {k.replace("backbone.body.model.", "backbone."): v for k, v in source.state_dict().items()}
+    assert any(k.startswith("backbone.outnorm3.") for k in official)
+    official["backbone.layers.0.blocks.0.op.x_proj.weight"] = official.pop(
+        "backbone.layers.0.blocks.0.op.x_proj_weight")[:, :, :, None]  # the one-file release's storage
+    path = tmp_path / "upernet_official.pth"
+    torch.save({"state_dict": official, "meta": {"epoch": 160}}, path)
+    args = T.parse_args(T.train_parser(), [*SEG, "--seed", "1", "--pretrained-path", str(path)])
+    model = T.create_task(args, progress=False).model.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x)["out"], source(x)["out"])
+    del official["decode_head.conv_seg.weight"]
+    torch.save({"state_dict": official}, path)
+    with pytest.raises(ValueError, match="missing.*decode_head.conv_seg.weight"):
+        T.create_task(args, progress=False)

@@ -33,6 +33,7 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import LayerNorm2d
 from timm.layers import PatchEmbed as TimmPatchEmbed
 from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -42,7 +43,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 __all__ = [
     "BackboneWithFPN", "ConvBNReLU", "FCNHead", "HierarchicalBackbone", "PlainBackbone", "Segmentor",
     "SimpleFeaturePyramid", "UperNetHead", "build_backbone", "build_detector", "build_segmentor",
-    "segmentation_loss", "slide_inference", "sliding_windows",
+    "is_mmseg_checkpoint", "load_mmseg_checkpoint", "segmentation_loss", "slide_inference", "sliding_windows",
 ]
 
 PYRAMID_STRIDES = (4, 8, 16, 32)
@@ -84,11 +85,13 @@ class HierarchicalBackbone(nn.Module):
 
     ``body`` is the timm feature model; ``levels`` indexes its output list; ``channels_last``:
     its maps are NHWC (Swin) and are permuted; ``pad_multiple``: the input is zero-padded on the
-    right / bottom to a multiple of it (timm's ``PatchEmbed``, as in Swin, refuses other sizes).
+    right / bottom to a multiple of it (timm's ``PatchEmbed``, as in Swin, refuses other sizes);
+    ``out_norm``: a channel LayerNorm per output (``outnorm0`` .. ``outnorm3``), as the official
+    VMamba detection / segmentation backbone has (on by default for VMamba in :func:`build_backbone`).
     """
 
     def __init__(self, body: nn.Module, levels: Sequence[int], out_channels: Sequence[int],
-                 channels_last: bool = False, pad_multiple: int = 1):
+                 channels_last: bool = False, pad_multiple: int = 1, out_norm: bool = False):
         super().__init__()
         self.body = body
         self.levels = list(levels)
@@ -96,6 +99,10 @@ class HierarchicalBackbone(nn.Module):
         self.pad_multiple = pad_multiple
         self.out_channels = list(out_channels)
         self.strides = list(PYRAMID_STRIDES)
+        self.out_norm = out_norm
+        if out_norm:
+            for i, c in enumerate(self.out_channels):
+                self.add_module(f"outnorm{i}", LayerNorm2d(c, eps=1e-5))
 
     def padded_size(self, height: int, width: int) -> tuple[int, int]:
         """The size of the image the features describe (the input, padded to ``pad_multiple``)."""
@@ -111,6 +118,8 @@ class HierarchicalBackbone(nn.Module):
         feats = [feats[i] for i in self.levels]
         if self.channels_last:
             feats = [f.permute(0, 3, 1, 2) for f in feats]
+        if self.out_norm:
+            feats = [getattr(self, f"outnorm{i}")(f) for i, f in enumerate(feats)]
         return [f.contiguous() for f in feats]
 
 
@@ -305,7 +314,8 @@ def _build_hierarchical(name: str, optional: dict, out_indices, kwargs: dict) ->
             if not getattr(m, "dynamic_img_pad", False):
                 pad = math.lcm(*m.patch_size)
             break
-    return HierarchicalBackbone(body, levels, [channels[i] for i in levels], channels_last, pad)
+    return HierarchicalBackbone(body, levels, [channels[i] for i in levels], channels_last, pad,
+                                out_norm=name.startswith("vmamba"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -590,3 +600,48 @@ def build_detector(backbone: str, num_classes: int, kind: str = "mask_rcnn", img
     kwargs.update(detector_kwargs)
     cls = MaskRCNN if kind == "mask_rcnn" else FasterRCNN
     return cls(body, num_classes=num_classes, min_size=min_size, max_size=max_size, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# official dense checkpoints
+
+
+def _read_state_dict(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise ValueError(f"path: expected an existing checkpoint file, got {path!r}")
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):  # mmengine saves {'state_dict': ..., 'meta': ...}
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            return sd[key]
+    return sd
+
+
+def is_mmseg_checkpoint(path: str) -> bool:
+    """Whether ``path`` holds a whole mmseg segmentor (``decode_head.*`` keys), not a classifier."""
+    return any(k.startswith("decode_head.") for k in _read_state_dict(path))
+
+
+def load_mmseg_checkpoint(model: Segmentor, path: str) -> None:
+    """Load an mmseg UperNet checkpoint of VMamba (the official release's layout: ``backbone.*`` as
+    the VMamba classifier's keys plus ``backbone.outnorm{i}``, then ``decode_head.*`` and
+    ``auxiliary_head.*``) into a :class:`Segmentor` built with the same VMamba variant and classes.
+    Legacy backbone key names are renamed as for classification; a key that does not fit is an error
+    that lists the missing and unexpected keys."""
+    from visionssm.models.vmamba import VMamba, checkpoint_filter_fn
+
+    body = getattr(model.backbone, "body", None)
+    vmamba = getattr(body, "model", None)
+    if not isinstance(vmamba, VMamba):
+        raise ValueError(f"model: expected a Segmentor over a VMamba backbone, got {type(model.backbone).__name__} "
+                         f"over {type(vmamba or body).__name__}")
+    sd = _read_state_dict(path)
+    backbone = {k[len("backbone."):]: v for k, v in sd.items()
+                if k.startswith("backbone.") and not k.startswith("backbone.outnorm")}
+    out = {f"backbone.body.model.{k}": v for k, v in checkpoint_filter_fn(backbone, vmamba).items()}
+    out.update({k: v for k, v in sd.items()
+                if k.startswith(("backbone.outnorm", "decode_head.", "auxiliary_head."))})
+    unused = sorted(k for k in sd if not k.startswith(("backbone.", "decode_head.", "auxiliary_head.")))
+    missing, unexpected = model.load_state_dict(out, strict=False)
+    if missing or unexpected or unused:
+        raise ValueError(f"path: {path!r} does not fit this segmentor: missing {sorted(missing)[:8]}"
+                         f"{' ...' if len(missing) > 8 else ''}, unexpected {sorted(unexpected + unused)[:8]}")

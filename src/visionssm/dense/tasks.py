@@ -24,7 +24,13 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from visionssm.dense.data import IGNORE_INDEX, SegmentationTransform, collate_detection, create_dense_dataset
 from visionssm.dense.evaluation import evaluate_detection, evaluate_segmentation
-from visionssm.dense.models import build_detector, build_segmentor, segmentation_loss
+from visionssm.dense.models import (
+    build_detector,
+    build_segmentor,
+    is_mmseg_checkpoint,
+    load_mmseg_checkpoint,
+    segmentation_loss,
+)
 
 
 def _backbone_kwargs(args: argparse.Namespace) -> dict:
@@ -90,8 +96,15 @@ class SegmentationTask:
         self.data_config = dict(img_size=crop, crop_size=crop, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
                                 resize_short=None if builtin else crop)
         _seed(args)
+        backbone_kwargs = _backbone_kwargs(args)
+        # --pretrained-path: a classifier's weights for the backbone, or a whole official UperNet
+        whole = args.pretrained_path and is_mmseg_checkpoint(backbone_kwargs.pop("pretrained_path"))
+        if args.pretrained_path and not whole:
+            backbone_kwargs["pretrained_path"] = args.pretrained_path
         self.model = build_segmentor(args.model, len(self.classes), img_size=crop, channels=args.decode_channels,
-                                     aux=args.aux_weight > 0, backbone_kwargs=_backbone_kwargs(args))
+                                     aux=args.aux_weight > 0, backbone_kwargs=backbone_kwargs)
+        if whole:
+            load_mmseg_checkpoint(self.model, args.pretrained_path)
         if train_ds is not None:
             self.train_set = JointTransformed(train_ds, SegmentationTransform(True, crop))
         self.val_set = JointTransformed(val_ds, SegmentationTransform(False, crop,
