@@ -112,6 +112,9 @@ def test_shapes_on_disk_serve_both_tasks_as_the_builtin_set(tmp_path):
     root = tmp_path / "shapes"
     assert cli_main(["shapes", "--out", str(root), "--num-images", "6", "3", "--img-size", "64"]) == 0
     assert (root / "annotations" / "instances_train.json").exists() and (root / "classes.txt").exists()
+    with pytest.raises(SystemExit):  # argparse's error: "--num-images: expected positive counts, got 0 for train"
+        cli_main(["shapes", "--out", str(tmp_path / "none"), "--num-images", "0", "3"])
+    assert not (tmp_path / "none").exists()
     flags = [*VMAMBA, "--data", str(root), "--img-size", "64", "--crop-size", "64"]
     seg = T.create_task(T.parse_args(T.train_parser(), ["--task", "segmentation", *flags]), progress=False)
     builtin = T.create_task(T.parse_args(T.train_parser(), ["--task", "segmentation", *flags[:-6], *COMMON,

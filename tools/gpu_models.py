@@ -13,7 +13,6 @@ import argparse
 import contextlib
 import json
 import sys
-import time
 from pathlib import Path
 
 import timm
@@ -21,15 +20,12 @@ import torch
 
 import visionssm  # noqa: F401  (registers the models)
 from visionssm.bench.machine import describe
+from visionssm.bench.scan_gpu import max_rel_err, time_ms
 from visionssm.ops.selective_scan import resolve_backend
 
 SSMS = ("vim_tiny_patch16_224", "vmamba_tiny_s1l8")
 SPEED = [(m, 224, 64) for m in (*SSMS, "deit_tiny_patch16_224", "convnext_tiny")]
 SPEED += [(m, 1024, 4) for m in ("vim_tiny_patch16_224", "deit_tiny_patch16_224")]
-
-
-def rel(a, b):
-    return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-30)).item()
 
 
 def compare_backends(name, dev):
@@ -43,9 +39,10 @@ def compare_backends(name, dev):
         logits.square().mean().backward()
         out[be] = (logits.detach(), {k: p.grad for k, p in m.named_parameters() if p.grad is not None})
     (l1, g1), (l0, g0) = out["triton"], out["torch"]
-    worst = max(g0, key=lambda k: rel(g1[k], g0[k]))
-    return dict(model=name, logits_rel_err=rel(l1, l0), grads=len(g0), same_grad_keys=g1.keys() == g0.keys(),
-                worst_grad=worst, worst_grad_rel_err=rel(g1[worst], g0[worst]))
+    worst = max(g0, key=lambda k: max_rel_err(g1[k], g0[k]))
+    return dict(model=name, logits_rel_err=max_rel_err(l1, l0), grads=len(g0),
+                same_grad_keys=g1.keys() == g0.keys(), worst_grad=worst,
+                worst_grad_rel_err=max_rel_err(g1[worst], g0[worst]))
 
 
 def train_steps(name, dev, steps=30):
@@ -64,16 +61,6 @@ def train_steps(name, dev, steps=30):
     return dict(model=name, first_loss=losses[0], last_loss=losses[-1], finite=all(map(lambda v: v == v, losses)))
 
 
-def timed(fn, reps):
-    fn()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t) / reps
-
-
 def throughput(name, res, batch, dev, amp):
     kw = dict(img_size=res) if name.startswith(("vim", "deit")) else {}  # the others take any size as built
     m = timm.create_model(name, **kw).to(dev)
@@ -85,7 +72,7 @@ def throughput(name, res, batch, dev, amp):
         with torch.no_grad(), ctx():
             m(x)
     torch.cuda.reset_peak_memory_stats()
-    t_inf = timed(infer, 10)
+    t_inf = time_ms(infer, 1000, 10) / 1e3
     mem_inf = torch.cuda.max_memory_allocated() / 2**20
     m.train()
     opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
@@ -97,7 +84,7 @@ def throughput(name, res, batch, dev, amp):
         loss.backward()
         opt.step()
     torch.cuda.reset_peak_memory_stats()
-    t_train = timed(step, 5)
+    t_train = time_ms(step, 1000, 5) / 1e3
     mem_train = torch.cuda.max_memory_allocated() / 2**20
     return dict(model=name, res=res, batch=batch, amp=amp, infer_img_s=batch / t_inf, train_img_s=batch / t_train,
                 infer_peak_mib=mem_inf, train_peak_mib=mem_train)

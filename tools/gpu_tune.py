@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from visionssm.bench.scan_gpu import CASES, call, fb_step, fwd_step, make_inputs, max_rel_err, scan_fn, time_ms
+from visionssm.bench.scan_gpu import CASES, check_against, fb_step, fwd_step, make_inputs, scan_fn, time_ms
 from visionssm.ops import scan_triton
 
 GRIDS = {
@@ -30,21 +30,6 @@ def configure(chunk, block_d, warps):
     scan_triton._num_warps = AUTO_WARPS if warps is None else (lambda *a, w=warps: w)
 
 
-def check(case, dev, want):
-    inp = make_inputs(case, dev, requires_grad=True)
-    leaves = [v for v in inp.values() if v is not None]
-    y = call(scan_fn("triton"), inp)
-    got = [y.detach(), *torch.autograd.grad(y, leaves, torch.linspace(-1, 1, y.numel(), device=dev).view_as(y))]
-    return max(max_rel_err(a, b) for a, b in zip(got, want))
-
-
-def reference(case, dev):
-    inp = make_inputs(case, dev, requires_grad=True)
-    leaves = [v for v in inp.values() if v is not None]
-    y = call(scan_fn("torch"), inp)
-    return [y.detach(), *torch.autograd.grad(y, leaves, torch.linspace(-1, 1, y.numel(), device=dev).view_as(y))]
-
-
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--out", default="bench-out/gpu-tune")
@@ -55,7 +40,7 @@ def main():
     for key, grid in GRIDS.items():
         case = CASES[key]
         inp = make_inputs(case, dev)
-        configure(64, None, None)
+        configure(None, None, None)
         rows = [dict(config="default", fwd_ms=time_ms(fwd_step(scan_fn("triton"), inp), 200, 20))]
         budget = args.deadline * (0.45 if key == "vim224" else 0.9)
         for chunk, bd, w in grid:
@@ -70,19 +55,19 @@ def main():
                 rows.append(dict(config=[chunk, bd, w], error=f"{type(e).__name__}: {str(e)[:120]}"))
             print(key, rows[-1], flush=True)
         timed = sorted((r for r in rows[1:] if "fwd_ms" in r), key=lambda r: r["fwd_ms"])
-        want = reference(case, dev)
         fb_rows = []
         for r in [rows[0], *timed[:3]]:
-            configure(*(r["config"] if r["config"] != "default" else (64, None, None)))
+            configure(*(r["config"] if r["config"] != "default" else (None, None, None)))
             try:
                 g = make_inputs(case, dev, requires_grad=True)
-                fb_rows.append(dict(config=r["config"], fwd_ms=r["fwd_ms"],
-                                    fb_ms=time_ms(fb_step(scan_fn("triton"), g), 300, 20), err=check(case, dev, want)))
+                fb_ms = time_ms(fb_step(scan_fn("triton"), g), 300, 20)
+                err = check_against(scan_fn("triton"), scan_fn("torch"), case, dev)
+                fb_rows.append(dict(config=r["config"], fwd_ms=r["fwd_ms"], fb_ms=fb_ms, err=err))
             except Exception as e:
                 fb_rows.append(dict(config=r["config"], error=f"{type(e).__name__}: {str(e)[:120]}"))
             print(key, "fb", fb_rows[-1], flush=True)
         res[key] = dict(fwd=rows, fb=fb_rows)
-        configure(64, None, None)
+        configure(None, None, None)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu_tune.json").write_text(json.dumps(res, indent=1))

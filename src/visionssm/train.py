@@ -417,15 +417,18 @@ def eval_transform(cfg):
 
 
 class TransformedDataset(torch.utils.data.Dataset):
-    def __init__(self, ds, transform):
-        self.ds, self.transform = ds, transform
+    """(image, label) samples with ``transform`` applied to the image, or with ``joint`` to the pair
+    (segmentation: the mask is cropped and flipped with its image)."""
+
+    def __init__(self, ds, transform, joint: bool = False):
+        self.ds, self.transform, self.joint = ds, transform, joint
 
     def __len__(self):
         return len(self.ds)
 
     def __getitem__(self, i):
         image, label = self.ds[i]
-        return self.transform(image), label
+        return self.transform(image, label) if self.joint else (self.transform(image), label)
 
 
 class ResumableSampler(DistributedSampler):

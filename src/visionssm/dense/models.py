@@ -607,9 +607,9 @@ def build_detector(backbone: str, num_classes: int, kind: str = "mask_rcnn", img
 
 
 def _read_state_dict(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise ValueError(f"path: expected an existing checkpoint file, got {path!r}")
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+    from visionssm.models.vmamba import load_checkpoint_file  # weights_only, with its clear errors
+
+    sd = load_checkpoint_file(path)
     for key in ("state_dict", "model"):  # mmengine saves {'state_dict': ..., 'meta': ...}
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             return sd[key]

@@ -15,12 +15,14 @@ classification. ``--model`` names the backbone: VMamba's four stages feed the he
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import time
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torch.utils.data import DataLoader
 
 from visionssm.dense.data import IGNORE_INDEX, SegmentationTransform, collate_detection, create_dense_dataset
 from visionssm.dense.evaluation import evaluate_detection, evaluate_segmentation
@@ -31,39 +33,33 @@ from visionssm.dense.models import (
     load_mmseg_checkpoint,
     segmentation_loss,
 )
+from visionssm.train import (
+    CheckpointError,
+    ShardSampler,
+    TransformedDataset,
+    autocast_for,
+    gather_objects,
+    load_weights,
+    peak_memory_mb,
+    seed_everything,
+    state_dict_of,
+)
 
 
-def _backbone_kwargs(args: argparse.Namespace) -> dict:
-    """--model-kwargs, --drop-path and --pretrained-path (the backbone's classification weights) for timm."""
+def _backbone_kwargs(args: argparse.Namespace, whole_model_file: bool = False) -> dict:
+    """--model-kwargs, --drop-path and --pretrained-path for the backbone; the path is left out when it
+    holds the whole model (``whole_model_file``), which the task then loads itself."""
     kw = dict(args.model_kwargs or {})
     if args.drop_path is not None:
         kw["drop_path_rate"] = args.drop_path
-    if args.pretrained_path:
-        from visionssm.train import CheckpointError
-
-        if not os.path.isfile(args.pretrained_path):
-            raise CheckpointError(f"--pretrained-path: {args.pretrained_path!r} does not exist")
+    if args.pretrained_path and not whole_model_file:
         kw["pretrained_path"] = args.pretrained_path
     return kw
 
 
-def _seed(args):
-    from visionssm.train import seed_everything
-
-    seed_everything(args.seed)  # the model is built from one seed on every rank
-
-
-class JointTransformed(torch.utils.data.Dataset):
-    """(image, mask) pairs through one transform that sees both."""
-
-    def __init__(self, ds, transform):
-        self.ds, self.transform = ds, transform
-
-    def __len__(self):
-        return len(self.ds)
-
-    def __getitem__(self, i):
-        return self.transform(*self.ds[i])
+def _check_pretrained_path(args: argparse.Namespace) -> None:
+    if args.pretrained_path and not os.path.isfile(args.pretrained_path):
+        raise CheckpointError(f"--pretrained-path: {args.pretrained_path!r} does not exist")
 
 
 def collate_eval(batch):
@@ -93,22 +89,21 @@ class SegmentationTask:
             raise ValueError(f"--data: the training classes {train_ds.classes} differ from the validation classes")
         builtin = args.data == "shapes"
         crop = args.crop_size or args.img_size or (128 if builtin else 512)
+        crop_or_none = None if builtin else crop  # shapes are generated at their size: no resize
         self.data_config = dict(img_size=crop, crop_size=crop, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
-                                resize_short=None if builtin else crop)
-        _seed(args)
-        backbone_kwargs = _backbone_kwargs(args)
+                                resize_short=crop_or_none)
+        seed_everything(args.seed)  # the model is built from one seed on every rank
+        _check_pretrained_path(args)
         # --pretrained-path: a classifier's weights for the backbone, or a whole official UperNet
-        whole = args.pretrained_path and is_mmseg_checkpoint(backbone_kwargs.pop("pretrained_path"))
-        if args.pretrained_path and not whole:
-            backbone_kwargs["pretrained_path"] = args.pretrained_path
+        whole = bool(args.pretrained_path) and is_mmseg_checkpoint(args.pretrained_path)
         self.model = build_segmentor(args.model, len(self.classes), img_size=crop, channels=args.decode_channels,
-                                     aux=args.aux_weight > 0, backbone_kwargs=backbone_kwargs)
+                                     aux=args.aux_weight > 0, backbone_kwargs=_backbone_kwargs(args, whole))
         if whole:
             load_mmseg_checkpoint(self.model, args.pretrained_path)
         if train_ds is not None:
-            self.train_set = JointTransformed(train_ds, SegmentationTransform(True, crop))
-        self.val_set = JointTransformed(val_ds, SegmentationTransform(False, crop,
-                                                                      resize_short=self.data_config["resize_short"]))
+            self.train_set = TransformedDataset(train_ds, SegmentationTransform(True, crop), joint=True)
+        self.val_set = TransformedDataset(val_ds, SegmentationTransform(False, crop, resize_short=crop_or_none),
+                                          joint=True)
 
     def loss(self, model: nn.Module, batch, device) -> tuple[torch.Tensor, int]:
         images, masks = (t.to(device, non_blocking=True) for t in batch)
@@ -119,7 +114,7 @@ class SegmentationTask:
         res = evaluate_segmentation(
             model, loader, device, len(self.classes), autocast=autocast, mode=self.args.eval_mode, crop_size=crop,
             stride=self.args.eval_stride or max(1, crop * 2 // 3), ignore_index=IGNORE_INDEX,
-            loss_fn=lambda logits, masks: F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX))
+            loss_fn=lambda logits, masks: segmentation_loss({"out": logits.float()}, masks, IGNORE_INDEX))
         return dict(val_loss=res["loss"], mIoU=100 * res["mIoU"], aAcc=100 * res["aAcc"], mAcc=100 * res["mAcc"],
                     IoU=[100 * v for v in res["IoU"]])
 
@@ -128,8 +123,6 @@ class SegmentationTask:
 
 
 def _gather_concat(items: list) -> list:
-    from visionssm.train import gather_objects
-
     return [x for part in gather_objects(items) for x in part]
 
 
@@ -141,24 +134,24 @@ class DetectionTask:
 
     def __init__(self, args: argparse.Namespace, progress: bool = False, train: bool = True):
         self.args = args
-        self.val_ds = create_dense_dataset("detection", args.data, "val", args.img_size, args.val_num_samples,
-                                           seed=args.seed)
+        self.val_set = create_dense_dataset("detection", args.data, "val", args.img_size, args.val_num_samples,
+                                            seed=args.seed)
         train_ds = (create_dense_dataset("detection", args.data, "train", args.img_size, args.train_num_samples,
                                          seed=args.seed) if train else None)
-        self.classes = list(self.val_ds.classes)
+        self.classes = list(self.val_set.classes)
         builtin = args.data == "shapes"
         min_size = args.min_size or args.img_size or (128 if builtin else 800)
         max_size = args.max_size or (min_size if builtin else 1333)
         self.data_config = dict(img_size=min_size, min_size=min_size, max_size=max_size)
         self.iou_types = ("bbox", "segm") if args.detector == "mask_rcnn" else ("bbox",)
         self.fields = [f"{t}_{m}" for t in self.iou_types for m in ("AP", "AP50", "AP75", "APs", "APm", "APl")]
-        _seed(args)
+        seed_everything(args.seed)  # the model is built from one seed on every rank
+        _check_pretrained_path(args)
         self.model = build_detector(args.model, len(self.classes) + 1, kind=args.detector, img_size=min_size,
                                     min_size=min_size, max_size=max_size, backbone_kwargs=_backbone_kwargs(args),
                                     **(getattr(args, "detector_kwargs", None) or {}))
         if train_ds is not None:
             self.train_set = train_ds
-        self.val_set = self.val_ds
 
     def loss(self, model: nn.Module, batch, device) -> tuple[torch.Tensor, int]:
         images, targets = batch
@@ -169,7 +162,7 @@ class DetectionTask:
         return sum(losses.values()), len(images)
 
     def evaluate(self, model: nn.Module, loader, device, autocast) -> dict:
-        res = evaluate_detection(model, loader, device, self.val_ds.coco, self.val_ds.label_to_cat,
+        res = evaluate_detection(model, loader, device, self.val_set.coco, self.val_set.label_to_cat,
                                  autocast=autocast, iou_types=self.iou_types, gather=_gather_concat)
         return {k: 100 * res[k] for k in self.fields}
 
@@ -182,13 +175,6 @@ TASKS = {"segmentation": SegmentationTask, "detection": DetectionTask}
 
 def evaluate_checkpoint(args: argparse.Namespace, ckpt: dict, rank: int, world: int, device) -> int:
     """``visionssm eval`` of a segmentation or detection checkpoint written by ``visionssm train``."""
-    import json
-    import time
-
-    from torch.utils.data import DataLoader
-
-    from visionssm.train import ShardSampler, autocast_for, load_weights, peak_memory_mb, state_dict_of
-
     cfg = argparse.Namespace(**ckpt["config"])
     cfg.data = args.data or cfg.data
     cfg.val_num_samples = args.num_samples
