@@ -10,7 +10,7 @@ from visionssm.cli import main
 
 def test_no_command_prints_usage(capsys):
     assert main([]) == 2
-    assert "usage: visionssm <command>" in capsys.readouterr().out
+    assert "usage: visionssm [--debug] <command>" in capsys.readouterr().out
 
 
 def test_unknown_command_is_a_clear_error(capsys):

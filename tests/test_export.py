@@ -174,12 +174,18 @@ def test_command_exports_and_verifies(tmp_path, capsys):
     (["--model", "vim_tiny_patch16_224", "--input-size", "3", "8", "64"], "expected height >= 16"),
     (["--model", "vim_tiny_patch16_224", "--input-size", "1", "64", "64"], "expected 3 channels"),
     (["--model", "vim_tiny_patch16_224", "--checkpoint", "/nonexistent.pth"], "--checkpoint: expected an existing"),
-    (["--model", "vim_tiny_patch16_224", "--model-kwargs", "[1]"], "--model-kwargs: expected a JSON object"),
+    (["--model", "vim_tiny_patch16_224", "--model-kwargs", "[1]"], "--model-kwargs: expected KEY=VALUE"),
+    (["--model", "vim_tiny_patch16_224", "--model-kwargs", "depth=1", "embed_dim=16", "nonsense=3"],
+     "--model-kwargs: vim_tiny_patch16_224 does not take ['nonsense']"),
 ])
 def test_bad_options_are_clear_errors(tmp_path, capsys, argv, message):
     needs_onnx()
     kwargs = [] if "--model-kwargs" in argv else ["--model-kwargs", '{"depth": 1, "embed_dim": 16}']
-    assert main([*argv, *kwargs, "--out", str(tmp_path / "m.onnx")]) == 2
+    try:
+        code = main([*argv, "--out", str(tmp_path / "m.onnx"), *kwargs])
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    assert code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()
 

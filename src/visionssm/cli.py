@@ -38,12 +38,25 @@ def models_main(argv):
 def usage() -> str:
     width = max(map(len, COMMANDS))
     lines = [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
-    return "usage: visionssm <command> [options]\n\ncommands:\n" + "\n".join(lines)
+    return ("usage: visionssm [--debug] <command> [options]\n\ncommands:\n" + "\n".join(lines)
+            + "\n\n--debug (or VISIONSSM_DEBUG=1): show the traceback of an error")
+
+
+def user_error(e: BaseException) -> bool:
+    """An error of the user's input (a flag, a file, the data, a missing extra), not of the library."""
+    if isinstance(e, ImportError):
+        return "pip install" in str(e)
+    return isinstance(e, (ValueError, FileNotFoundError, FloatingPointError))
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; a user error prints one line and exits with status 2 (``--debug`` first, or
+    VISIONSSM_DEBUG=1, shows the traceback)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download at run time
     argv = sys.argv[1:] if argv is None else list(argv)
+    debug = os.environ.get("VISIONSSM_DEBUG", "") not in ("", "0")
+    if argv[:1] == ["--debug"]:
+        argv, debug = argv[1:], True
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0 if argv else 2
@@ -53,7 +66,14 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     module, _, function = COMMANDS[command][0].partition(":")
-    return getattr(importlib.import_module(module), function or "main")(rest) or 0
+    try:
+        return getattr(importlib.import_module(module), function or "main")(rest) or 0
+    except Exception as e:
+        if debug or not user_error(e):
+            raise
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"visionssm {command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

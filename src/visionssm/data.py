@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,7 +30,7 @@ BUILTIN = ("digits", "pathfinder")
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 __all__ = ["BUILTIN", "DataError", "Digits", "ImageFolder", "Pathfinder", "create_dataset",
-           "components", "pathfinder_sample"]
+           "components", "pathfinder_sample", "read_image"]
 
 
 class DataError(ValueError):
@@ -49,6 +50,29 @@ class DataDefaults:
 
 
 # --- image folder --------------------------------------------------------------------------------
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """RGB, with 16- and 32-bit integer images scaled to 8 bits (PIL's convert would clip them to white)."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = np.asarray(im).astype(np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or a.max(initial=0) <= 65535 else float(2**31 - 1)
+        im = Image.fromarray(np.clip(np.round(a * (255.0 / top)), 0, 255).astype(np.uint8))
+    return im.convert("RGB")
+
+
+def read_image(path: str) -> Image.Image:
+    """An image file as RGB; a DataError names a file that is missing or cannot be decoded."""
+    try:
+        with open(path, "rb") as f:
+            im = Image.open(f)
+            im.load()
+    except FileNotFoundError:
+        raise DataError(f"image {path!r} does not exist") from None
+    except Exception as e:  # truncated, not an image, unsupported format
+        raise DataError(f"image {path!r} cannot be read ({type(e).__name__}: {e}); remove or replace it, or "
+                        "pass --skip-bad-images to leave out the unreadable images of a folder") from None
+    return to_rgb(im)
 
 
 class ImageFolder(torch.utils.data.Dataset):
@@ -83,8 +107,25 @@ class ImageFolder(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         path, label = self.samples[index]
-        with open(path, "rb") as f:
-            return Image.open(f).convert("RGB"), label
+        return read_image(path), label
+
+    def drop_unreadable(self, progress: bool = False) -> list[str]:
+        """Decode every image and leave out those that cannot be read; return their paths."""
+        samples = self.samples
+        if progress:
+            from tqdm import tqdm
+            samples = tqdm(samples, desc=f"checking {self.root}", leave=False)
+        bad = []
+        for path, _ in samples:
+            try:
+                read_image(path)
+            except DataError:
+                bad.append(path)
+        self.samples = [s for s in self.samples if s[0] not in set(bad)]
+        self.targets = [t for _, t in self.samples]
+        if not self.samples:
+            raise DataError(f"data folder {self.root!r}: no image could be read")
+        return bad
 
 
 # --- digits ----------------------------------------------------------------------------------------
@@ -330,11 +371,16 @@ class Pathfinder(torch.utils.data.Dataset):
 
 def create_dataset(data: str, split: str, img_size: int | None = None, num_samples: int | None = None,
                    split_dir: str | None = None, classes: list[str] | None = None, seed: int = 0,
-                   progress: bool = False):
+                   progress: bool = False, skip_bad_images: bool = False):
     """``data`` is a built-in name (``digits``, ``pathfinder``) or a folder with ``train/`` and ``val/``.
 
-    ``num_samples`` keeps the first N samples of a split (of a built-in set: generates N for pathfinder).
+    ``num_samples`` keeps N samples of a split: of a folder a random subset drawn with ``seed``
+    (not the first classes), of digits the first N of its fixed shuffled order, of pathfinder
+    N generated ones. ``skip_bad_images`` (folders) decodes every image first and leaves out, with
+    a warning listing them, those that cannot be read.
     """
+    if num_samples is not None and num_samples < 1:
+        raise DataError(f"num_samples: expected an int >= 1, got {num_samples}")
     if data == "digits":
         ds = Digits(split)
     elif data == "pathfinder":
@@ -346,12 +392,21 @@ def create_dataset(data: str, split: str, img_size: int | None = None, num_sampl
                             f"{os.path.join(data, 'train')} and {os.path.join(data, 'val')}, each with one "
                             f"folder per class)")
         ds = ImageFolder(sub, classes)
+        if skip_bad_images:
+            bad = ds.drop_unreadable(progress)
+            if bad:
+                print(f"warning: left out {len(bad)} unreadable image(s) of {sub}: {', '.join(bad[:5])}"
+                      + (", ..." if len(bad) > 5 else ""), file=sys.stderr)
     elif os.sep in data or data.startswith((".", "~")):
         raise DataError(f"data folder {data!r} does not exist")
     else:
         raise DataError(f"--data: {data!r} is neither a built-in data set {list(BUILTIN)} nor an existing folder")
     if num_samples is not None and num_samples < len(ds):
-        sub = torch.utils.data.Subset(ds, range(num_samples))
-        sub.classes, sub.defaults, sub.targets = ds.classes, ds.defaults, ds.targets[:num_samples]
+        if isinstance(ds, ImageFolder):  # sorted by class: a random subset, not the first classes
+            keep = np.sort(np.random.RandomState(seed % 2**32).permutation(len(ds))[:num_samples]).tolist()
+        else:
+            keep = list(range(num_samples))
+        sub = torch.utils.data.Subset(ds, keep)
+        sub.classes, sub.defaults, sub.targets = ds.classes, ds.defaults, [ds.targets[i] for i in keep]
         return sub
     return ds

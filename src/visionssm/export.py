@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from visionssm.engine.models import ModelKwargs
 
 INSTALL_HINT = "pip install 'visionssm[export]'"
 MIN_OPSET = 18  # the dynamo exporter's own opset; lower needs a lossy version conversion
@@ -86,8 +87,10 @@ def check_input_size(model: torch.nn.Module, size: tuple[int, int, int]) -> tupl
 
 
 def create(name: str, checkpoint: str | None = None, **kwargs) -> torch.nn.Module:
-    """A model of this library in eval mode, with the checkpoint's weights if given."""
+    """A model of this library in eval mode; with a checkpoint, the model it holds, its own head included
+    (a file as released, or a checkpoint of 'visionssm train' rebuilt with its saved kwargs)."""
     import visionssm
+    from visionssm.engine.models import create_model, model_from_checkpoint
 
     known = visionssm.list_models()
     if name not in known:
@@ -95,8 +98,8 @@ def create(name: str, checkpoint: str | None = None, **kwargs) -> torch.nn.Modul
     if checkpoint is not None:
         if not Path(checkpoint).is_file():
             raise ExportError(f"--checkpoint: expected an existing file, got {checkpoint!r}")
-        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(checkpoint)))
-    return visionssm.create_model(name, **kwargs).eval()
+        return model_from_checkpoint(str(checkpoint), name, kwargs)[0]
+    return create_model(name, model_kwargs=kwargs).eval()
 
 
 def _dynamic_shapes(dynamic: bool):
@@ -235,8 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dynamic", action="store_true", help="dynamic batch size (height and width stay fixed)")
     p.add_argument("--opset", type=int, default=20, help=f"ONNX opset, {MIN_OPSET} or above (default 20)")
     p.add_argument("--no-verify", action="store_true", help="skip the comparison with PyTorch")
-    p.add_argument("--model-kwargs", default="{}", help="extra timm.create_model arguments as JSON, "
-                   "e.g. '{\"num_classes\": 10}'")
+    p.add_argument("--model-kwargs", nargs="*", default={}, action=ModelKwargs, metavar="KEY=VALUE",
+                   help="extra model arguments, e.g. embed_dim=64 depth=4 (a JSON object is accepted too)")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime threads when verifying")
     return p
 
@@ -245,13 +248,7 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "onnx":
         require_onnx(runtime=not args.no_verify)
         check_opset(args.opset)
-    try:
-        kwargs = json.loads(args.model_kwargs)
-    except json.JSONDecodeError as e:
-        raise ExportError(f"--model-kwargs: expected a JSON object, got {args.model_kwargs!r} ({e})") from None
-    if not isinstance(kwargs, dict):
-        raise ExportError(f"--model-kwargs: expected a JSON object, got {args.model_kwargs!r}")
-    model = create(args.model, args.checkpoint, **kwargs)
+    model = create(args.model, args.checkpoint, **args.model_kwargs)
     size = tuple(args.input_size) if args.input_size else tuple(model.pretrained_cfg.get("input_size", (3, 224, 224)))
     check_input_size(model, size)
     # a dynamic batch is traced with 2: torch.export specialises a size-1 dimension to the constant 1
@@ -285,8 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
     try:
         return run(args)
-    except ExportError as e:
-        print(f"visionssm export: {e}", file=sys.stderr)
+    except ValueError as e:  # ExportError, CheckpointError, bad kwargs
+        print(f"visionssm export: error: {e}", file=sys.stderr)
         return 2
 
 

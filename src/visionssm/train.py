@@ -24,10 +24,9 @@ as if it had not stopped; so does one from a ``--checkpoint-steps`` checkpoint w
 from __future__ import annotations
 
 import argparse
-import ast
 import contextlib
 import csv
-import difflib
+import glob
 import hashlib
 import importlib.util
 import itertools
@@ -40,7 +39,6 @@ import tempfile
 import time
 
 import numpy as np
-import timm
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -53,14 +51,16 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 import visionssm  # noqa: F401  (registers the models with timm)
-from visionssm.data import DataError, create_dataset
+from visionssm.data import DataError, create_dataset, read_image
+from visionssm.engine.models import ModelKwargs, create_model, model_from_checkpoint
+from visionssm.models.checkpoint import CheckpointError, load_state_dict_checked, read_checkpoint
 
 CHECKPOINT_VERSION = 1
 TASKS = ("classification", "segmentation", "detection")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read or does not fit the model."""
+# what a run folder holds; a new run refuses a folder that has any of them (without --resume/--overwrite)
+RUN_FILES = ("last.pth", "best.pth", "metrics.csv", "metrics.jsonl", "args.yaml", "summary.json")
+# flags that describe this invocation, not the run: never restored by --resume
+NOT_RESTORED = ("resume", "config", "output", "overwrite")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -70,24 +70,23 @@ class NonFiniteLossError(FloatingPointError):
 # --- arguments ---------------------------------------------------------------------------------------
 
 
-def _pair(text):
-    return tuple(float(v) for v in text)
+def int_at_least(low: int):
+    """argparse type: an int >= ``low``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an int >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an int >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"int >= {low}"
+    return parse
 
 
-class ParseKwargs(argparse.Action):
-    """``--model-kwargs embed_dim=64 depth=4 depths=[1,1,2,1]``: values are Python literals."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        kwargs = {}
-        for item in values:
-            key, sep, value = item.partition("=")
-            if not sep:
-                parser.error(f"{option_string}: expected key=value, got {item!r}")
-            try:
-                kwargs[key] = ast.literal_eval(value)
-            except (ValueError, SyntaxError):
-                kwargs[key] = value  # a bare string
-        setattr(namespace, self.dest, kwargs)
+positive_int, nonnegative_int = int_at_least(1), int_at_least(0)
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -101,7 +100,7 @@ def train_parser() -> argparse.ArgumentParser:
                    help="what to train: a classifier, or a backbone under UperNet (segmentation) or Mask R-CNN")
     g.add_argument("--model", default=None, help="timm model name, e.g. vim_tiny_patch16_224 (required); "
                    "the backbone for segmentation/detection")
-    g.add_argument("--model-kwargs", nargs="*", default={}, action=ParseKwargs, metavar="KEY=VALUE",
+    g.add_argument("--model-kwargs", nargs="*", default={}, action=ModelKwargs, metavar="KEY=VALUE",
                    help="extra model constructor arguments, e.g. embed_dim=64 depth=4")
     g.add_argument("--pretrained-path", default=None,
                    help="start from this weights file, loaded as the model's pretrained weights (head adapted)")
@@ -109,16 +108,16 @@ def train_parser() -> argparse.ArgumentParser:
                    help="'digits', 'pathfinder', or a folder with train/ and val/ (one sub-folder per class)")
     g.add_argument("--train-split", default="train", help="training sub-folder of --data")
     g.add_argument("--val-split", default="val", help="validation sub-folder of --data")
-    g.add_argument("--train-num-samples", type=int, default=None, help="use only the first N training images")
-    g.add_argument("--val-num-samples", type=int, default=None, help="use only the first N validation images")
+    g.add_argument("--train-num-samples", type=positive_int, default=None, help="use only the first N training images")
+    g.add_argument("--val-num-samples", type=positive_int, default=None, help="use only the first N validation images")
     g.add_argument("--img-size", type=int, default=None, help="input size (default: the data set's, else the model's)")
     g.add_argument("--drop", type=float, default=None, help="dropout rate (model default if unset)")
     g.add_argument("--drop-path", type=float, default=None, help="stochastic depth rate (model default if unset)")
     g.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in the backward pass")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=100)
-    g.add_argument("-b", "--batch-size", type=int, default=128, help="images per device per step")
-    g.add_argument("--grad-accum-steps", type=int, default=1, help="micro-batches per optimizer step")
+    g.add_argument("--epochs", type=positive_int, default=100)
+    g.add_argument("-b", "--batch-size", type=positive_int, default=128, help="images per device per step")
+    g.add_argument("--grad-accum-steps", type=positive_int, default=1, help="micro-batches per optimizer step")
     g.add_argument("--opt", default="adamw")
     g.add_argument("--opt-eps", type=float, default=None)
     g.add_argument("--opt-betas", type=float, nargs=2, default=None)
@@ -170,19 +169,26 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval-stride", type=int, default=None,
                    help="segmentation: sliding-window stride (default: 2/3 of --crop-size)")
     g.add_argument("--detector", default="mask_rcnn", choices=("mask_rcnn", "faster_rcnn"))
-    g.add_argument("--detector-kwargs", nargs="*", default={}, action=ParseKwargs, metavar="KEY=VALUE",
+    g.add_argument("--detector-kwargs", nargs="*", default={}, action=ModelKwargs, metavar="KEY=VALUE",
                    help="detection: torchvision detector arguments, e.g. box_batch_size_per_image=128")
     g.add_argument("--min-size", type=int, default=None,
                    help="detection: the detector resizes the short side to this (default: 800, shapes: its size)")
     g.add_argument("--max-size", type=int, default=None, help="detection: longest side (default: 1333)")
     g = p.add_argument_group("run")
     g.add_argument("--output", default=None, help="run folder (default: output/train/<time>-<model>)")
-    g.add_argument("--resume", default=None, help="checkpoint file, or run folder (its last.pth), to carry on from")
-    g.add_argument("--checkpoint-steps", type=int, default=0, help="also write last.pth every N optimizer steps")
+    g.add_argument("--resume", default=None, help="run folder (its last.pth), or checkpoint file, to carry on from; "
+                   "restores the run's whole configuration, and flags given here override it")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start a new run in an --output folder that holds an earlier run, deleting its files")
+    g.add_argument("--skip-bad-images", action="store_true",
+                   help="image folders: decode every image before training and leave out the unreadable ones "
+                        "(listed); without it, an unreadable image stops the run, naming the file")
+    g.add_argument("--checkpoint-steps", type=nonnegative_int, default=0,
+                   help="also write last.pth every N optimizer steps (0: at epoch ends only)")
     g.add_argument("--seed", type=int, default=42)
     g.add_argument("-j", "--workers", type=int, default=2, help="data loading processes per device")
     g.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    g.add_argument("--log-interval", type=int, default=10, help="progress bar refresh, in optimizer steps")
+    g.add_argument("--log-interval", type=positive_int, default=10, help="progress bar refresh, in optimizer steps")
     g.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     return p
 
@@ -207,7 +213,28 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Nam
         if unknown:
             parser.error(f"--config: unknown keys {unknown} in {known.config!r}")
         parser.set_defaults(**cfg)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # which flags were given (command line or config file): a --resume restores the others
+    given = {k for k, v in vars(_parse_without_defaults(parser, argv)).items() if v is not _UNSET}
+    args._given = sorted(given | (set(cfg) if known.config else set()))
+    return args
+
+
+_UNSET = object()
+
+
+def _parse_without_defaults(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    saved = {a.dest: a.default for a in parser._actions}
+    try:
+        for a in parser._actions:
+            a.default = _UNSET
+        saved_set = dict(parser._defaults)
+        parser._defaults.clear()
+        return parser.parse_args(argv)
+    finally:
+        for a in parser._actions:
+            a.default = saved[a.dest]
+        parser._defaults.update(saved_set)
 
 
 # --- devices and ranks ------------------------------------------------------------------------------
@@ -311,40 +338,34 @@ def save_checkpoint(state: dict, path: str) -> None:
 
 
 def load_checkpoint(path: str) -> dict:
-    """A checkpoint of ``visionssm train`` (or any dict with a state dict), with clear errors."""
+    """A checkpoint of ``visionssm train`` (a run folder means its last.pth), with clear errors."""
     if os.path.isdir(path):
         path = os.path.join(path, "last.pth")
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint {path!r} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, garbage bytes, a pickle that is not weights
-        raise CheckpointError(
-            f"checkpoint {path!r} cannot be read: it is truncated or corrupted ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}). Checkpoints are written atomically, so "
-            f"best.pth beside it, or a copy of an earlier one, is whole") from e
-    if not isinstance(ckpt, dict) or not ("model" in ckpt or "state_dict" in ckpt or
-                                         all(isinstance(v, torch.Tensor) for v in ckpt.values())):
+    ckpt = read_checkpoint(path)
+    if "model" not in ckpt and "state_dict" not in ckpt and not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
         raise CheckpointError(f"checkpoint {path!r}: expected a dict with 'model' (a state dict), "
-                              f"got {type(ckpt).__name__} with keys {list(ckpt)[:8] if isinstance(ckpt, dict) else ''}")
+                              f"got keys {sorted(ckpt)[:8]}")
     return ckpt
 
 
-def state_dict_of(ckpt: dict, use_ema: bool = False) -> dict:
-    if use_ema:
-        if ckpt.get("model_ema") is None:
-            raise CheckpointError("--use-ema: this checkpoint holds no EMA weights (trained without --model-ema)")
-        return ckpt["model_ema"]
-    return ckpt.get("model") or ckpt.get("state_dict") or ckpt
+def load_run_checkpoint(path: str) -> dict:
+    """A checkpoint to resume from: written by ``visionssm train``, of this checkpoint version."""
+    ckpt = load_checkpoint(path)
+    if not isinstance(ckpt.get("config"), dict) or "epoch" not in ckpt:
+        raise CheckpointError(f"--resume {path!r}: not a checkpoint of 'visionssm train' (no run state); "
+                              "to start from its weights use --pretrained-path")
+    if ckpt.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"--resume {path!r}: checkpoint version {ckpt.get('version')}, this visionssm "
+                              f"reads version {CHECKPOINT_VERSION}")
+    return ckpt
 
 
-def load_weights(model: nn.Module, state_dict: dict, path: str) -> None:
-    result = model.load_state_dict(state_dict, strict=False)
-    bad = {k: (model.state_dict()[k].shape, v.shape) for k, v in state_dict.items()
-           if k in model.state_dict() and model.state_dict()[k].shape != v.shape}
-    if result.missing_keys or result.unexpected_keys or bad:
-        raise CheckpointError(f"checkpoint {path!r} does not fit the model: missing keys {result.missing_keys[:10]}, "
-                              f"unexpected keys {result.unexpected_keys[:10]}, shape mismatches {bad}")
+def write_json(obj, path: str) -> None:
+    """Write JSON atomically (a temporary file, then os.replace)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
 
 
 def param_digest(model: nn.Module) -> str:
@@ -356,32 +377,6 @@ def param_digest(model: nn.Module) -> str:
 
 
 # --- model, data ------------------------------------------------------------------------------------------
-
-
-def create_model(name: str, num_classes: int, img_size: int | None = None, model_kwargs: dict | None = None,
-                 drop: float | None = None, drop_path: float | None = None, pretrained_path: str | None = None):
-    """timm.create_model with a clear error for an unknown name; img_size is passed to models that take it."""
-    if not timm.is_model(name):
-        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
-        raise ValueError(f"--model: unknown model {name!r}" + (f"; did you mean one of {close}?" if close else "")
-                         + " ('visionssm models' lists this library's, timm.list_models() all)")
-    kwargs = dict(model_kwargs or {})
-    kwargs["num_classes"] = num_classes
-    if drop is not None:
-        kwargs["drop_rate"] = drop
-    if drop_path is not None:
-        kwargs["drop_path_rate"] = drop_path
-    if pretrained_path:
-        if not os.path.isfile(pretrained_path):
-            raise CheckpointError(f"--pretrained-path: {pretrained_path!r} does not exist")
-        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=pretrained_path))
-    if img_size is not None and "img_size" not in kwargs:
-        try:
-            return timm.create_model(name, img_size=img_size, **kwargs)
-        except TypeError as e:  # models without a native size (CNNs, VMamba) take any input
-            if "img_size" not in str(e):
-                raise
-    return timm.create_model(name, **kwargs)
 
 
 def data_config(args, defaults, model) -> dict:
@@ -519,10 +514,11 @@ class ClassificationTask:
         if mixup_on and args.batch_size % 2:
             raise ValueError(f"--batch-size: mixup/cutmix need an even batch size, got {args.batch_size}")
         # every rank reads the same lists; the samplers split them
+        skip = getattr(args, "skip_bad_images", False)
         train_ds = create_dataset(args.data, "train", args.img_size, args.train_num_samples, args.train_split,
-                                  seed=args.seed, progress=progress)
+                                  seed=args.seed, progress=progress, skip_bad_images=skip)
         val_ds = create_dataset(args.data, "val", args.img_size, args.val_num_samples, args.val_split,
-                                classes=train_ds.classes, seed=args.seed, progress=progress)
+                                classes=train_ds.classes, seed=args.seed, progress=progress, skip_bad_images=skip)
         self.classes = list(train_ds.classes)
         seed_everything(args.seed)  # the model is built from one seed on every rank
         self.model = create_model(args.model, len(self.classes), args.img_size or train_ds.defaults.img_size,
@@ -573,19 +569,32 @@ def create_task(args: argparse.Namespace, progress: bool):
 
 def train(args: argparse.Namespace) -> dict:
     """Run (or resume) a training run; return the summary that is also written to summary.json."""
+    resume_ckpt, overrides = None, []
+    if args.resume:
+        resume_ckpt = load_run_checkpoint(args.resume)
+        overrides = restore_config(args, resume_ckpt["config"])
+        if args.output is None:  # the run folder the checkpoint is in
+            args.output = args.resume if os.path.isdir(args.resume) else os.path.dirname(os.path.abspath(args.resume))
     if not args.model or not args.data:
-        if args.resume:  # a resume may take both from the checkpoint's config
-            cfg = load_checkpoint(args.resume).get("config", {})
-            args.model, args.data = args.model or cfg.get("model"), args.data or cfg.get("data")
-        if not args.model or not args.data:
-            raise ValueError("--model and --data are required (on the command line or in --config)")
+        raise ValueError("--model and --data are required (on the command line or in --config)")
     for name in ("epochs", "batch_size", "grad_accum_steps"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')}: expected a positive int, got {getattr(args, name)}")
+    out = args.output or os.path.join("output", "train", time.strftime("%Y%m%d-%H%M%S") + f"-{args.model}")
+    prepare_run_folder(out, args)
+    if resume_ckpt is not None and resume_ckpt["epoch"] >= args.epochs and resume_ckpt["step_in_epoch"] == 0:
+        summary_path = os.path.join(out, "summary.json")
+        if os.path.isfile(summary_path):  # finished: nothing to do, nothing rewritten
+            print(f"{args.resume}: the run has finished its {resume_ckpt['epoch']} epochs; nothing to do "
+                  f"(--epochs N with N > {resume_ckpt['epoch']} trains it longer)")
+            with open(summary_path) as f:
+                return json.load(f)
 
     rank, world, device = init_distributed(args.device)
     main_process = rank == 0
     log = print if main_process else (lambda *a, **k: None)
+    for line in overrides:
+        log(f"--resume: {line}")
     try:
         progress = main_process and not args.no_progress
         task = create_task(args, progress)
@@ -626,27 +635,30 @@ def train(args: argparse.Namespace) -> dict:
 
         # state that a resume restores
         start_epoch, step, skip_steps, epoch_loss_sum = 0, 0, 0, 0.0
+        earlier = (0.0, 0)  # training time and images of the resumed epoch before the checkpoint
         best = {score: -math.inf, "epoch": -1}
         seed_everything(args.seed + rank)  # different augmentations on each rank
-        if args.resume:
-            ckpt = load_checkpoint(args.resume)
-            if ckpt.get("config", {}).get("task", "classification") != args.task:
+        if resume_ckpt is not None:
+            ckpt = resume_ckpt
+            if ckpt["config"].get("task", "classification") != args.task:
                 raise CheckpointError(f"--resume {args.resume!r}: a {ckpt['config'].get('task', 'classification')} "
                                       f"checkpoint, but --task is {args.task!r}")
-            load_weights(raw_model, ckpt["model"], args.resume)
+            load_state_dict_checked(raw_model, ckpt["model"], args.resume)
             if ema is not None:
                 if ckpt.get("model_ema") is None:
                     raise CheckpointError(f"--resume {args.resume!r}: --model-ema is on but the checkpoint has no EMA")
-                load_weights(ema.module, ckpt["model_ema"], args.resume)
+                load_state_dict_checked(ema.module, ckpt["model_ema"], args.resume)
             try:
                 optimizer.load_state_dict(ckpt["optimizer"])
-                lr_scheduler.load_state_dict(ckpt["scheduler"])
+                if not any(line.split(":")[0] in SCHEDULE_FLAGS for line in overrides):
+                    lr_scheduler.load_state_dict(ckpt["scheduler"])  # else: rebuilt for the new settings
                 scaler.load_state_dict(ckpt["scaler"])
             except (KeyError, ValueError) as e:
                 raise CheckpointError(f"--resume {args.resume!r}: optimizer/scheduler/scaler state does not fit "
                                       f"({type(e).__name__}: {e})") from e
             start_epoch, step, skip_steps = ckpt["epoch"], ckpt["step"], ckpt["step_in_epoch"]
             epoch_loss_sum, best = ckpt["epoch_loss_sum"], ckpt["best"]
+            earlier = (ckpt.get("epoch_time_s", 0.0), ckpt.get("epoch_images", 0))
             rng = ckpt["rng"]
             if len(rng) == world:
                 set_rng_state(rng[rank])
@@ -657,8 +669,7 @@ def train(args: argparse.Namespace) -> dict:
             log(f"resumed from {args.resume} at epoch {start_epoch}, step {step}")
 
         # run folder and logs (rank 0)
-        out = broadcast_object(args.output or os.path.join(
-            "output", "train", time.strftime("%Y%m%d-%H%M%S") + f"-{args.model}"))
+        out = broadcast_object(out)
         fields = ["epoch", "step", "lr", "train_loss", *task.fields, f"ema_{score}", "epoch_time_s",
                   "train_img_per_s"]
         if main_process:
@@ -666,11 +677,12 @@ def train(args: argparse.Namespace) -> dict:
             import yaml
 
             with open(os.path.join(out, "args.yaml"), "w") as f:
-                yaml.safe_dump({k: v for k, v in sorted(vars(args).items())}, f)
-            _truncate_metrics(out, start_epoch)
+                yaml.safe_dump(_config(args), f)
+            _truncate_metrics(out, start_epoch, fields)
         writer = _tensorboard(out) if main_process else None
 
-        def checkpoint(epoch_next: int, step_in_epoch: int, loss_sum: float, path: str = "last.pth"):
+        def checkpoint(epoch_next: int, step_in_epoch: int, loss_sum: float, time_s: float = 0.0, images: int = 0,
+                       path: str = "last.pth"):
             rngs = gather_objects(get_rng_state())  # every rank takes part
             if main_process:
                 save_checkpoint(dict(
@@ -678,7 +690,8 @@ def train(args: argparse.Namespace) -> dict:
                     model_ema=ema.module.state_dict() if ema is not None else None,
                     optimizer=optimizer.state_dict(), scheduler=lr_scheduler.state_dict(),
                     scaler=scaler.state_dict(), epoch=epoch_next, step=step, step_in_epoch=step_in_epoch,
-                    epoch_loss_sum=loss_sum, best=best, rng=rngs, config=_plain(vars(args)), classes=classes,
+                    epoch_loss_sum=loss_sum, epoch_time_s=time_s, epoch_images=images, best=best, rng=rngs,
+                    config=_config(args), classes=classes,
                     data_config=cfg, world_size=world), os.path.join(out, path))
 
         log(f"{args.model} ({args.task}): {sum(p.numel() for p in raw_model.parameters()) / 1e6:.3f}M parameters, "
@@ -693,7 +706,7 @@ def train(args: argparse.Namespace) -> dict:
             loader_gen.manual_seed(args.seed * 100003 + epoch * 1009 + rank)
             model.train()
             step_in_epoch, loss_sum, micro, loss_acc = skip_steps, epoch_loss_sum, 0, 0.0
-            skip_steps, epoch_loss_sum = 0, 0.0
+            (done_time, done_images), skip_steps, epoch_loss_sum, earlier = earlier, 0, 0.0, (0.0, 0)
             bar = _progress(updates_per_epoch, step_in_epoch, f"epoch {epoch}", progress)
             t0, seen = time.time(), 0
             for batch in train_loader:
@@ -741,23 +754,26 @@ def train(args: argparse.Namespace) -> dict:
                 if bar is not None:
                     bar.update(1)
                 if args.checkpoint_steps and step % args.checkpoint_steps == 0 and step_in_epoch < updates_per_epoch:
-                    checkpoint(epoch, step_in_epoch, loss_sum)
+                    checkpoint(epoch, step_in_epoch, loss_sum, done_time + time.time() - t0, done_images + seen * world)
             if bar is not None:
                 bar.close()
-            epoch_time = time.time() - t0
+            epoch_time, epoch_images = done_time + time.time() - t0, done_images + seen * world
             train_time += epoch_time
-            images_seen += seen * world
+            images_seen += epoch_images
             lr_scheduler.step(epoch + 1)
             if world > 1:  # BatchNorm statistics: every rank takes rank 0's, as the checkpoint does
                 for buf in raw_model.buffers():
                     dist.broadcast(buf, 0)
+            # trained, not yet evaluated: a failing evaluation (a bad validation image) loses no training;
+            # a resume from here evaluates this epoch and goes on
+            checkpoint(epoch, step_in_epoch, loss_sum, epoch_time, epoch_images)
 
             val = task.evaluate(raw_model, val_loader, device, autocast)
             ema_val = task.evaluate(ema.module, val_loader, device, autocast) if ema is not None else {}
             metrics = dict(epoch=epoch, step=step, lr=optimizer.param_groups[0]["lr"],
                            train_loss=loss_sum / max(step_in_epoch, 1), **{k: val[k] for k in task.fields},
                            **{f"ema_{score}": ema_val.get(score)}, epoch_time_s=epoch_time,
-                           train_img_per_s=seen * world / max(epoch_time, 1e-9))
+                           train_img_per_s=epoch_images / max(epoch_time, 1e-9))
             improved = max(val[score], ema_val.get(score, -math.inf)) > best[score]
             if improved:
                 best = dict(val if val[score] >= ema_val.get(score, -math.inf) else ema_val, epoch=epoch)
@@ -766,26 +782,27 @@ def train(args: argparse.Namespace) -> dict:
                 ema_note = f", EMA {score} {ema_val[score]:.2f}" if ema_val else ""
                 log(f"epoch {epoch}: train loss {metrics['train_loss']:.4f}, {task.describe(val)}{ema_note}, "
                     f"{epoch_time:.1f} s, {metrics['train_img_per_s']:.0f} img/s")
+            if improved:  # best before last: a kill between the two leaves last.pth to redo this step
+                checkpoint(epoch + 1, 0, 0.0, path="best.pth")
             checkpoint(epoch + 1, 0, 0.0)
-            if main_process and improved:
-                save_checkpoint(torch.load(os.path.join(out, "last.pth"), map_location="cpu", weights_only=True),
-                                os.path.join(out, "best.pth"))
 
         digests = gather_objects(param_digest(raw_model))
+        rows = read_metrics(out) if main_process else []  # the whole run's, resumed parts included
         summary = dict(
             task=args.task, model=args.model, data=args.data, epochs=args.epochs, steps=step, world_size=world,
             device=str(device), params_m=sum(p.numel() for p in raw_model.parameters()) / 1e6,
-            img_size=cfg["img_size"], final=metrics, **{f"best_{score}": best[score]}, best_epoch=best["epoch"],
-            wall_s=time.time() - run_start, train_img_per_s=images_seen / max(train_time, 1e-9),
+            img_size=cfg["img_size"], final=rows[-1] if rows else metrics, **{f"best_{score}": best[score]},
+            best_epoch=best["epoch"], wall_s=time.time() - run_start,
+            train_img_per_s=_run_throughput(rows) if rows else images_seen / max(train_time, 1e-9),
             peak_memory_mb=peak_memory_mb(device), rank_param_digests=digests, output=out)
         if len(set(digests)) > 1:
             raise RuntimeError(f"the ranks' weights differ after training (digests {digests}); this is a bug")
         if main_process:
-            with open(os.path.join(out, "summary.json"), "w") as f:
-                json.dump(summary, f, indent=2)
+            write_json(summary, os.path.join(out, "summary.json"))
             if writer is not None:
                 writer.close()
-            if metrics:
+            if summary["final"]:
+                metrics = summary["final"]
                 log(f"done: {score} {metrics[score]:.2f} (best {best[score]:.2f} at epoch {best['epoch']}), "
                     f"{summary['train_img_per_s']:.0f} img/s, peak memory {summary['peak_memory_mb']:.0f} MB, "
                     f"{summary['wall_s']:.1f} s; checkpoints in {out}")
@@ -795,9 +812,47 @@ def train(args: argparse.Namespace) -> dict:
             dist.destroy_process_group()
 
 
-def _plain(d: dict) -> dict:
-    # the config as plain Python values (tuples to lists), loadable with weights_only=True
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+def _config(args: argparse.Namespace) -> dict:
+    """The run's configuration as plain Python values (tuples to lists), loadable with weights_only=True."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(vars(args).items()) if not k.startswith("_")}
+
+
+# flags whose change on a resume rebuilds the learning-rate schedule instead of restoring it
+SCHEDULE_FLAGS = ("epochs", "sched", "warmup_epochs", "warmup_lr", "min_lr", "lr")
+
+
+def restore_config(args: argparse.Namespace, config: dict) -> list[str]:
+    """Take every flag of a resumed run's configuration that was not given now; [what was overridden]."""
+    given = getattr(args, "_given", None)
+    if given is None:  # a Namespace built in Python: what differs from the defaults was given
+        defaults = vars(train_parser().parse_args([]))
+        given = [k for k, v in vars(args).items() if k in defaults and v != defaults[k]]
+    overrides = []
+    for key, value in config.items():
+        if key in NOT_RESTORED or not hasattr(args, key):
+            continue
+        now = getattr(args, key)
+        if key not in given:
+            setattr(args, key, value)
+        elif (list(now) if isinstance(now, tuple) else now) != value:
+            overrides.append(f"{key}: {value!r} in the run, {now!r} now")
+    return overrides
+
+
+def prepare_run_folder(out: str, args: argparse.Namespace) -> None:
+    """Refuse a folder that holds another run (unless resuming it, or --overwrite); tidy a resumed one."""
+    found = [f for f in RUN_FILES if os.path.exists(os.path.join(out, f))]
+    resuming_here = args.resume is not None and os.path.isdir(out) and os.path.samefile(
+        out, args.resume if os.path.isdir(args.resume) else os.path.dirname(os.path.abspath(args.resume)))
+    if found and not resuming_here:
+        if not args.overwrite:
+            raise ValueError(f"--output: {out!r} holds an earlier run ({', '.join(found)}); resume it with "
+                             f"--resume {out}, choose another --output, or pass --overwrite to delete it")
+        for f in found:
+            os.remove(os.path.join(out, f))
+    for tmp in glob.glob(os.path.join(glob.escape(out), ".*.tmp")) + glob.glob(os.path.join(glob.escape(out), "*.tmp")):
+        with contextlib.suppress(OSError):  # left by a write that was killed
+            os.remove(tmp)
 
 
 def _progress(total: int, initial: int, desc: str, enabled: bool):
@@ -833,50 +888,46 @@ def _write_metrics(out: str, row: dict, fields: list[str], writer) -> None:
         writer.flush()
 
 
-def _truncate_metrics(out: str, start_epoch: int) -> None:
-    """On a resume, drop the rows of epochs that will run again (written after the checkpoint read)."""
-    for name in ("metrics.csv", "metrics.jsonl"):
-        path = os.path.join(out, name)
-        if not os.path.exists(path):
-            continue
-        with open(path) as f:
-            lines = f.read().splitlines()
-        if name.endswith(".csv"):
-            keep = lines[:1] + [ln for ln in lines[1:] if int(ln.split(",")[0]) < start_epoch]
-        else:
-            keep = [ln for ln in lines if json.loads(ln)["epoch"] < start_epoch]
-        with open(path, "w") as f:
-            f.write("".join(ln + "\n" for ln in keep))
+def read_metrics(out: str) -> list[dict]:
+    """The rows of metrics.jsonl; a torn last line (a kill while writing) is left out."""
+    rows = []
+    with contextlib.suppress(FileNotFoundError), open(os.path.join(out, "metrics.jsonl")) as f:
+        for line in f:
+            with contextlib.suppress(json.JSONDecodeError):
+                rows.append(json.loads(line))
+    return [r for r in rows if isinstance(r, dict) and "epoch" in r]
+
+
+def _run_throughput(rows: list[dict]) -> float:
+    images = sum(r.get("train_img_per_s", 0) * r.get("epoch_time_s", 0) for r in rows)
+    return images / max(sum(r.get("epoch_time_s", 0) for r in rows), 1e-9)
+
+
+def _truncate_metrics(out: str, start_epoch: int, fields: list[str]) -> None:
+    """On a resume, keep the rows of the epochs before ``start_epoch`` (the others run again), in both files."""
+    if not os.path.exists(os.path.join(out, "metrics.jsonl")):
+        return
+    rows = [r for r in read_metrics(out) if r["epoch"] < start_epoch]
+    with open(os.path.join(out, "metrics.jsonl"), "w") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+    with open(os.path.join(out, "metrics.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
 
 
 # --- evaluation and prediction ---------------------------------------------------------------------------
 
 
-def _model_from_checkpoint(args, num_classes: int | None = None):
-    """(model, data config, class names) from a checkpoint of ours, or a foreign file with --model."""
-    ckpt = load_checkpoint(args.checkpoint)
-    cfg = ckpt.get("config")
-    if cfg is not None:  # ours: rebuild the trained model exactly
-        name = args.model or cfg["model"]
-        classes = ckpt["classes"]
-        train_size = ckpt["data_config"]["img_size"]
-        model = create_model(name, len(classes), train_size, cfg.get("model_kwargs"))
-        load_weights(model, state_dict_of(ckpt, args.use_ema), args.checkpoint)
-        dcfg = dict(ckpt["data_config"])
-    else:  # an official / timm file: through timm's pretrained loader (which adapts it)
-        if not args.model:
-            raise ValueError("--model: required for a checkpoint not written by 'visionssm train'")
-        model = create_model(args.model, num_classes or 1000, None, getattr(args, "model_kwargs", None),
-                             pretrained_path=args.checkpoint)
-        classes = [str(i) for i in range(model.num_classes)]
-        pcfg = model.pretrained_cfg
-        dcfg = dict(img_size=pcfg["input_size"][-1], mean=pcfg["mean"], std=pcfg["std"],
-                    interpolation=pcfg["interpolation"], crop_pct=pcfg["crop_pct"])
-    if args.img_size and args.img_size != dcfg["img_size"]:
-        if hasattr(model, "set_input_size"):  # Vim / ViT: resample the position embeddings
-            model.set_input_size(img_size=args.img_size)
-        dcfg["img_size"] = args.img_size
-    return model.eval(), dcfg, classes
+def _model_from_checkpoint(args):
+    """(model, data config, class names) of ``--checkpoint`` (ours, or a file as released with --model)."""
+    model, info = model_from_checkpoint(args.checkpoint, args.model, args.model_kwargs, args.use_ema, args.img_size)
+    return model, info["data_config"], info["classes"]
+
+
+def _few(names, n: int = 6) -> str:
+    names = list(names)
+    return str(names[:n])[:-1] + (", ...]" if len(names) > n else "]")
 
 
 def eval_parser() -> argparse.ArgumentParser:
@@ -884,14 +935,14 @@ def eval_parser() -> argparse.ArgumentParser:
                                 "(mIoU of a segmentation one, box/mask AP of a detection one).")
     p.add_argument("--checkpoint", required=True, help="a 'visionssm train' checkpoint, or an official weights file")
     p.add_argument("--model", default=None, help="model name (default: the checkpoint's)")
-    p.add_argument("--model-kwargs", nargs="*", default={}, action=ParseKwargs, metavar="KEY=VALUE")
+    p.add_argument("--model-kwargs", nargs="*", default={}, action=ModelKwargs, metavar="KEY=VALUE")
     p.add_argument("--data", default=None, help="as for train (default: the checkpoint's)")
     p.add_argument("--split", default="val", help="sub-folder (or built-in split) to evaluate")
-    p.add_argument("--num-samples", type=int, default=None, help="only the first N images")
+    p.add_argument("--num-samples", type=positive_int, default=None, help="only the first N images")
     p.add_argument("--img-size", type=int, default=None, help="evaluate at this resolution")
     p.add_argument("--use-ema", action="store_true", help="the checkpoint's EMA weights")
-    p.add_argument("-b", "--batch-size", type=int, default=128)
-    p.add_argument("-j", "--workers", type=int, default=2)
+    p.add_argument("-b", "--batch-size", type=positive_int, default=128)
+    p.add_argument("-j", "--workers", type=nonnegative_int, default=2)
     p.add_argument("--amp", action="store_true")
     p.add_argument("--amp-dtype", default=None, choices=["float16", "bfloat16"])
     p.add_argument("--device", default=None)
@@ -906,8 +957,8 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     args = eval_parser().parse_args(argv)
     rank, world, device = init_distributed(args.device)
     try:
-        ckpt = load_checkpoint(args.checkpoint)
-        ckpt_cfg = ckpt.get("config") or {}
+        ckpt = read_checkpoint(args.checkpoint)
+        ckpt_cfg = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
         if ckpt_cfg.get("task", "classification") != "classification":
             require_dense(ckpt_cfg["task"])
             from visionssm.dense.tasks import evaluate_checkpoint
@@ -920,8 +971,11 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         model, dcfg, classes = _model_from_checkpoint(args)
         ds = create_dataset(data, args.split, args.img_size or dcfg["img_size"], args.num_samples, args.split,
                             seed=seed)
-        if list(ds.classes) != list(classes) and len(ds.classes) != len(classes):
-            raise DataError(f"--data: {len(ds.classes)} classes, the checkpoint has {len(classes)}")
+        if ckpt_cfg and list(ds.classes) != list(classes):
+            raise DataError(f"--data: the classes of {data} {_few(ds.classes)} are not the checkpoint's "
+                            f"{_few(classes)}")
+        if not ckpt_cfg and len(ds.classes) != len(classes):  # a file as released knows no class names
+            raise DataError(f"--data: {data} has {len(ds.classes)} classes, the checkpoint's head {len(classes)}")
         model.to(device)
         autocast, _ = autocast_for(device, args.amp, args.amp_dtype)
         loader = DataLoader(TransformedDataset(ds, eval_transform(dcfg)), batch_size=args.batch_size,
@@ -947,23 +1001,18 @@ def predict_main(argv: list[str] | None = None) -> int:
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--model", default=None)
-    p.add_argument("--model-kwargs", nargs="*", default={}, action=ParseKwargs, metavar="KEY=VALUE")
+    p.add_argument("--model-kwargs", nargs="*", default={}, action=ModelKwargs, metavar="KEY=VALUE")
     p.add_argument("--img-size", type=int, default=None)
     p.add_argument("--use-ema", action="store_true")
-    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--topk", type=positive_int, default=5)
     p.add_argument("--device", default=None)
     args = p.parse_args(argv)
-    from PIL import Image
-
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, dcfg, classes = _model_from_checkpoint(args)
     model.to(device)
     tf = eval_transform(dcfg)
     for path in args.images:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"image {path!r} does not exist")
-        with open(path, "rb") as f:
-            x = tf(Image.open(f).convert("RGB"))[None].to(device)
+        x = tf(read_image(path))[None].to(device)
         with torch.no_grad():
             probs = model(x).float().softmax(-1)[0]
         top = probs.topk(min(args.topk, len(classes)))

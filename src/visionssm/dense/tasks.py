@@ -33,16 +33,14 @@ from visionssm.dense.models import (
     load_mmseg_checkpoint,
     segmentation_loss,
 )
+from visionssm.models.checkpoint import CheckpointError, load_state_dict_checked, state_dict_of
 from visionssm.train import (
-    CheckpointError,
     ShardSampler,
     TransformedDataset,
     autocast_for,
     gather_objects,
-    load_weights,
     peak_memory_mb,
     seed_everything,
-    state_dict_of,
 )
 
 
@@ -184,9 +182,10 @@ def evaluate_checkpoint(args: argparse.Namespace, ckpt: dict, rank: int, world: 
     if args.img_size:
         cfg.img_size = cfg.crop_size = cfg.min_size = args.img_size
     task = TASKS[cfg.task](cfg, train=False)
-    if len(task.classes) != len(ckpt["classes"]):
-        raise ValueError(f"--data: {len(task.classes)} classes, the checkpoint has {len(ckpt['classes'])}")
-    load_weights(task.model, state_dict_of(ckpt, args.use_ema), args.checkpoint)
+    if list(task.classes) != list(ckpt["classes"]):
+        raise ValueError(f"--data: the classes of {cfg.data} {task.classes[:6]} are not the checkpoint's "
+                         f"{list(ckpt['classes'])[:6]}")
+    load_state_dict_checked(task.model, state_dict_of(ckpt, args.use_ema, args.checkpoint), args.checkpoint)
     task.model.to(device)
     autocast, _ = autocast_for(device, args.amp, args.amp_dtype)
     loader = DataLoader(task.val_set, batch_size=args.batch_size, sampler=ShardSampler(len(task.val_set), rank, world),
