@@ -227,3 +227,27 @@ def test_an_official_layout_upernet_checkpoint_loads_whole(tmp_path):
     torch.save({"state_dict": official}, path)
     with pytest.raises(ValueError, match="missing.*decode_head.conv_seg.weight"):
         T.create_task(args, progress=False)
+
+
+def test_a_bad_mask_is_an_error_before_training_starts(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "seg"
+    (root / "classes.txt").parent.mkdir()
+    (root / "classes.txt").write_text("sky\nroad\n")
+    for split in ("train", "val"):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "masks" / split).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (32, 32), (10 * i, 0, 0)).save(root / "images" / split / f"{i}.png")
+            Image.new("L", (32, 32), i % 2).save(root / "masks" / split / f"{i}.png")
+    Image.new("L", (32, 32), 7).save(root / "masks" / "train" / "3.png")  # the last training mask
+    out = tmp_path / "run"
+    args = ["--task", "segmentation", *VMAMBA, *COMMON, "--data", str(root), "--decode-channels", "16", "-b", "2",
+            "--epochs", "1", "--output", str(out)]
+    with pytest.raises(DataError, match=r"masks/train/3\.png' holds the label 7"):
+        T.train(T.parse_args(T.train_parser(), args))
+    assert not (out / "last.pth").exists()
+    Image.new("L", (16, 32), 0).save(root / "masks" / "train" / "3.png")
+    with pytest.raises(DataError, match=r"3\.png' is 16x32 but its image .* is 32x32"):
+        T.train(T.parse_args(T.train_parser(), args))

@@ -42,7 +42,7 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image, ImageDraw
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from visionssm.data import IMG_EXTENSIONS, DataError
+from visionssm.data import IMG_EXTENSIONS, DataError, read_image
 
 __all__ = ["ADE20K", "ADE20K_CLASSES", "CocoDetection", "SHAPES_CLASSES", "SegmentationFolder",
            "SegmentationTransform", "ShapesDetection", "ShapesSegmentation", "collate_detection",
@@ -295,24 +295,45 @@ class _LabelMapFolder(torch.utils.data.Dataset):
         """Raw annotation values -> training labels (0..num_classes-1, 255 ignore); overridden by ADE20K."""
         return raw.astype(np.int64)
 
-    def __getitem__(self, index: int):
-        image_path, mask_path = self.samples[index]
-        with Image.open(image_path) as im:
-            image = np.array(im.convert("RGB"))
-        with Image.open(mask_path) as m:
-            if m.mode not in ("L", "P", "I", "I;16", "1"):
-                raise DataError(f"{self.name}: annotation {mask_path!r} is a {m.mode} image, expected a "
-                                f"single-channel label PNG (mode L or P)")
-            raw = np.array(m)
-        if raw.shape != image.shape[:2]:
+    def _read_labels(self, mask_path: str, image_path: str, image_size: tuple[int, int]) -> np.ndarray:
+        """The training labels of one annotation, checked against its image's (width, height) and the classes."""
+        try:
+            with Image.open(mask_path) as m:
+                if m.mode not in ("L", "P", "I", "I;16", "1"):
+                    raise DataError(f"{self.name}: annotation {mask_path!r} is a {m.mode} image, expected a "
+                                    f"single-channel label PNG (mode L or P)")
+                raw = np.array(m)
+        except (OSError, SyntaxError) as e:
+            raise DataError(f"{self.name}: annotation {mask_path!r} cannot be read ({e})") from None
+        if raw.shape[::-1] != tuple(image_size):
             raise DataError(f"{self.name}: annotation {mask_path!r} is {raw.shape[1]}x{raw.shape[0]} but its image "
-                            f"{image_path!r} is {image.shape[1]}x{image.shape[0]} (width x height)")
+                            f"{image_path!r} is {image_size[0]}x{image_size[1]} (width x height)")
         labels = self._labels(raw, mask_path)
         bad = (labels >= self.num_classes) & (labels != IGNORE_INDEX) | (labels < 0)
         if bad.any():
             value = int(raw[bad].max()) if (raw[bad] >= 0).all() else int(raw[bad].min())
             raise DataError(f"{self.name}: annotation {mask_path!r} holds the label {value}, outside the "
                             f"{self._label_range()}")
+        return labels
+
+    def check_annotations(self, progress: bool = False) -> None:
+        """Read every annotation and its image's size: a bad mask is an error now, not after an epoch."""
+        samples = self.samples
+        if progress:
+            from tqdm import tqdm
+            samples = tqdm(samples, desc=f"checking {self.mask_dir}", leave=False)
+        for image_path, mask_path in samples:
+            try:
+                with Image.open(image_path) as im:
+                    size = im.size
+            except (OSError, SyntaxError) as e:
+                raise DataError(f"{self.name}: image {image_path!r} cannot be read ({e})") from None
+            self._read_labels(mask_path, image_path, size)
+
+    def __getitem__(self, index: int):
+        image_path, mask_path = self.samples[index]
+        image = np.array(read_image(image_path))
+        labels = self._read_labels(mask_path, image_path, image.shape[1::-1])
         return _image_tensor(image), torch.from_numpy(labels)
 
     def _label_range(self) -> str:
@@ -654,8 +675,7 @@ class CocoDetection(_DetectionBase):
         path = os.path.join(self.img_dir, info["file_name"])
         if not os.path.isfile(path):
             raise DataError(f"COCO: image {image_id} ({info['file_name']!r}) is missing: {path!r} does not exist")
-        with Image.open(path) as im:
-            image = np.array(im.convert("RGB"))
+        image = np.array(read_image(path))
         h, w = image.shape[:2]
         if (info.get("height", h), info.get("width", w)) != (h, w):
             raise DataError(f"COCO: image {path!r} is {w}x{h} but {self.ann_file!r} says "

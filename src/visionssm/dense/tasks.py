@@ -85,6 +85,9 @@ class SegmentationTask:
         self.classes = list(val_ds.classes)
         if train_ds is not None and list(train_ds.classes) != self.classes:
             raise ValueError(f"--data: the training classes {train_ds.classes} differ from the validation classes")
+        for ds in (val_ds, train_ds):  # mask sizes and label values: an error now, not after an epoch
+            if hasattr(ds, "check_annotations"):
+                ds.check_annotations(progress)
         builtin = args.data == "shapes"
         crop = args.crop_size or args.img_size or (128 if builtin else 512)
         crop_or_none = None if builtin else crop  # shapes are generated at their size: no resize
