@@ -23,6 +23,11 @@ def make_inputs(batch=2, dim=6, length=9, state=4, groups=None, dtype=torch.floa
     )
 
 
+def one_group(inp, name):
+    """A copy of ``inp`` with B or C (``name``, 3-D) as the equal 1-group grouped (batch, 1, state, length)."""
+    return {**inp, name: inp[name].unsqueeze(1)}
+
+
 def run_scan(backend, inp, options, grad=True, use_last=True):
     """Output, last state and the gradients of a loss on y and (when use_last, so that the gradient
     into the last state is exercised) on the last state."""

@@ -25,7 +25,7 @@ import traceback
 import pytest
 import torch
 
-from scan_inputs import make_inputs, run_scan  # tests/ is on sys.path
+from scan_inputs import make_inputs, one_group, run_scan  # tests/ is on sys.path
 
 pytestmark = pytest.mark.triton
 
@@ -50,6 +50,9 @@ def _cases():
     for groups in (None, 2):  # last state not used: no gradient flows into it
         cases[f"f32-no_dlast-g{groups}-L19"] = dict(kind="f32", options="all", groups=groups, length=19,
                                                      use_last=False)
+    for name in ("B", "C"):  # a 3-D B or C with a 1-group grouped other: the all-3-D scan
+        cases[f"f32-all-{name}-one-group-L21"] = dict(kind="f32", options="all", groups=None, length=21,
+                                                      one_group=name)
     cases["f32-state16-default-tiles-L70"] = dict(kind="f32", options="all", groups=None, length=70, state=16,
                                                   batch=1, default_tiles=True)
     cases["f64-gradients-g2"] = dict(kind="gradcheck", groups=2)
@@ -94,13 +97,16 @@ def compute_case(case: dict) -> dict:
             options = OPTIONS[case["options"]]
             use_last = case.get("use_last", True)
             y0, h0, g0 = run_scan("reference", inp, options, use_last=use_last)
-            y1, h1, g1 = run_scan("triton", _on_device(inp), options, use_last=use_last)
+            run_inp = one_group(inp, case["one_group"]) if "one_group" in case else inp
+            y1, h1, g1 = run_scan("triton", _on_device(run_inp), options, use_last=use_last)
             y1, h1 = _on_cpu(y1, h1)
-            g1 = {k: v.cpu() for k, v in g1.items()}
             if y1.dtype != torch.float32 or y1.shape != y0.shape or h1.shape != h0.shape:
                 return {"error": f"dtype/shape: {y1.dtype} {tuple(y1.shape)} {tuple(h1.shape)}"}
             if g1.keys() != g0.keys():
                 return {"error": f"gradients for {sorted(g1)}, expected {sorted(g0)}"}
+            if any(g1[k].shape != run_inp[k].shape for k in g1):
+                return {"error": f"gradient shapes {[tuple(g1[k].shape) for k in g1]}"}
+            g1 = {k: v.cpu().reshape(g0[k].shape) for k, v in g1.items()}
             checks += [_err("y", y1, y0, 1e-5, 1e-6), _err("last state", h1, h0, 1e-5, 1e-6)]
             checks += [_err(f"grad {k}", g1[k], g0[k], 1e-4, 1e-5) for k in g0]
         elif kind == "gradcheck":

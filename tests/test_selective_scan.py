@@ -7,11 +7,12 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from scan_inputs import make_inputs, run_scan  # tests/ is on sys.path
+from scan_inputs import make_inputs, one_group, run_scan  # tests/ is on sys.path
 from visionssm import available_backends, selective_scan, selective_scan_reference
 from visionssm.ops import scan_macs
 
 FAST = [b for b in available_backends("cpu") if b != "reference"]
+CPU_BACKENDS = ["reference", *FAST]
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
 
@@ -108,6 +109,55 @@ def test_no_grad_forward_saves_nothing_and_agrees(backend):
     assert_close(y1, y0, 1e-5, 1e-6, "y")
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("grouped", ["B", "C"])
+def test_3d_b_or_c_with_a_one_group_other_is_the_3d_scan(backend, grouped):
+    """A 3-D B or C is one group (as in mamba_ssm), so it may meet a 1-group grouped other: the
+    values and gradients are those of the all-3-D scan, each gradient in its own input's layout."""
+    inp = make_inputs(length=7)
+    y0, h0, g0 = run_scan("reference", inp, dict())
+    mixed = one_group(inp, grouped)
+    y1, h1, g1 = run_scan(backend, mixed, dict())
+    assert_close(y1, y0, 1e-5, 1e-6, "y")
+    assert_close(h1, h0, 1e-5, 1e-6, "last state")
+    assert g1.keys() == g0.keys()
+    for k in g0:
+        assert g1[k].shape == mixed[k].shape, k
+        assert_close(g1[k].reshape(g0[k].shape), g0[k], 1e-4, 1e-5, f"grad {k}")
+
+
+@pytest.mark.parametrize("grouped", ["B", "C"])
+def test_3d_b_or_c_with_a_one_group_other_exports_to_onnx(tmp_path, grouped):
+    from test_export import Scan, needs_onnx, run_onnx_scan, scan_inputs  # the ONNX tests' helpers
+
+    needs_onnx()
+    mod = Scan(dim=6, state=4).eval()
+    args = scan_inputs(2, 6, 129, 4)  # 129 steps: two blocks, the last one padded
+    mixed = list(args)  # (u, delta, B, C, z)
+    i = 2 if grouped == "B" else 3
+    mixed[i] = args[i].unsqueeze(1)
+    _, run = run_onnx_scan(mod, tuple(mixed), tmp_path / "scan.onnx")
+    y, last = run(*mixed)
+    with torch.no_grad():
+        y_ref, last_ref = mod(*args)
+    assert_close(torch.from_numpy(y), y_ref, 1e-5, 1e-5, "y")
+    assert_close(torch.from_numpy(last), last_ref, 1e-5, 1e-5, "last state")
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("sizes", [dict(batch=0), dict(batch=0, groups=2), dict(length=0)],
+                         ids=["batch0", "batch0-groups2", "length0"])
+def test_empty_batch_or_sequence_gives_empty_outputs_and_zero_gradients(backend, sizes):
+    inp = make_inputs(**sizes)
+    y, last, grads = run_scan(backend, inp, dict())
+    batch, _, length = inp["u"].shape
+    assert y.shape == inp["u"].shape and last.shape == (batch, 6, 4) and not last.any()
+    # the reference loop has no step to run for length 0: autograd reaches u, D and z only
+    assert set(grads) == ({"u", "D", "z"} if backend == "reference" and length == 0 else set(NAMES))
+    for k, g in grads.items():
+        assert g.shape == inp[k].shape and not g.any(), k
+
+
 def test_auto_picks_the_fused_cpu_kernel():
     assert available_backends("cpu")[0] == "cpu"
     assert available_backends("cpu")[-1] == "reference"
@@ -161,33 +211,58 @@ def test_torch_compile_full_graph_with_gradients():
 # bad input
 
 
-def _call(**changes):
-    inp = make_inputs()
+def _call(backend="auto", **changes):
+    inp = make_inputs()  # batch 2, dim 6, length 9, state 4, B and C 3-D
     inp.update(changes)
-    backend = inp.pop("backend", "auto")
     return selective_scan(inp["u"], inp["delta"], inp["A"], inp["B"], inp["C"], D=inp["D"], z=inp["z"],
                           delta_bias=inp["delta_bias"], backend=backend)
 
 
-@pytest.mark.parametrize("changes,pattern", [
+# one case for every raise in check_inputs and _need_tensor
+BAD_INPUTS = [
+    (dict(u=None), r"u: expected a tensor, got None"),
+    (dict(C=None), r"C: expected a tensor, got None"),
+    (dict(u=[1.0]), r"u: expected a torch.Tensor, got list"),
+    (dict(A=-torch.rand(6, 4, dtype=torch.complex64)), r"A: expected a real floating tensor, got torch.complex64"),
+    (dict(u=torch.randint(0, 3, (2, 6, 9))), r"u: expected a floating dtype .*got torch.int64"),
     (dict(u=torch.randn(2, 6)), r"u: expected a 3-D tensor, got shape \(2, 6\)"),
-    (dict(delta=torch.randn(2, 6, 8)), r"delta: expected shape \(2, 6, 9\) \(same as u\), got \(2, 6, 8\)"),
+    (dict(z=torch.randn(2, 6, 9, 1)), r"z: expected a 3-D tensor, got shape \(2, 6, 9, 1\)"),
     (dict(A=-torch.rand(5, 4)), r"A: expected shape \(6, state\).*got \(5, 4\)"),
+    (dict(A=-torch.rand(6, 0), B=torch.randn(2, 0, 9), C=torch.randn(2, 0, 9)),
+     r"A: expected at least 1 state, got shape \(6, 0\)"),
+    (dict(delta=torch.randn(2, 6, 8)), r"delta: expected shape \(2, 6, 9\) \(same as u\), got \(2, 6, 8\)"),
+    (dict(z=torch.randn(2, 6, 8)), r"z: expected shape \(2, 6, 9\) \(same as u\), got \(2, 6, 8\)"),
+    (dict(z=torch.randn(2, 6, 1)), r"z: expected shape \(2, 6, 9\) \(same as u\), got \(2, 6, 1\)"),
+    (dict(D=torch.randn(7)), r"D: expected shape \(6,\), got \(7,\)"),
+    (dict(delta_bias=torch.randn(3)), r"delta_bias: expected shape \(6,\), got \(3,\)"),
     (dict(B=torch.randn(2, 3, 9)), r"B: expected shape \(batch, state, length\) = \(2, 4, 9\), got \(2, 3, 9\)"),
+    (dict(C=torch.randn(2, 4, 1)), r"C: expected shape \(batch, state, length\) = \(2, 4, 9\), got \(2, 4, 1\)"),
+    (dict(B=torch.randn(2, 3, 4, 8), C=torch.randn(2, 3, 4, 9)),
+     r"B: expected shape \(batch, groups, state, length\) = \(2, 3, 4, 9\), got \(2, 3, 4, 8\)"),
+    (dict(B=torch.randn(2, 3, 4, 9), C=torch.randn(1, 3, 4, 9)),
+     r"C: expected shape \(batch, groups, state, length\) = \(2, 3, 4, 9\), got \(1, 3, 4, 9\)"),
     (dict(C=torch.randn(2, 4, 4, 9)), r"C: dim 6 must be a multiple of groups, got groups=4"),
     (dict(B=torch.randn(2, 5, 4, 9)), r"B: dim 6 must be a multiple of groups, got groups=5"),
-    (dict(D=torch.randn(7)), r"D: expected shape \(6,\), got \(7,\)"),
-    (dict(z=torch.randn(2, 6, 9, 1)), r"z: expected a 3-D tensor"),
-    (dict(delta_bias=torch.randn(3)), r"delta_bias: expected shape \(6,\), got \(3,\)"),
-    (dict(u=torch.randint(0, 3, (2, 6, 9))), r"u: expected a floating dtype .*got torch.int64"),
-    (dict(A=-torch.rand(6, 4, dtype=torch.complex64)), r"A: expected a real floating tensor, got torch.complex64"),
-    (dict(u=[1.0]), r"u: expected a torch.Tensor, got list"),
-    (dict(backend="cuda_kernel"), r"backend: expected one of .*got 'cuda_kernel'"),
+    (dict(B=torch.randn(2, 0, 4, 9)), r"B: dim 6 must be a multiple of groups, got groups=0"),
+    (dict(B=torch.randn(2, 2, 4, 9), C=torch.randn(2, 3, 4, 9)),
+     r"C: expected 2 group\(s\) like B \(2, 2, 4, 9\) .*got 3: shape \(2, 3, 4, 9\)"),
+    # a 3-D B or C is one group: with a 2-group other it is a mismatch, either way round
+    (dict(C=torch.randn(2, 2, 4, 9)), r"C: expected 1 group\(s\) like B \(2, 4, 9\) .*got 2: shape \(2, 2, 4, 9\)"),
+    (dict(B=torch.randn(2, 2, 4, 9)), r"C: expected 2 group\(s\) like B \(2, 2, 4, 9\) .*got 1: shape \(2, 4, 9\)"),
     (dict(D=torch.randn(6, device="meta")), r"all tensors must be on one device, got .*D: meta"),
-])
-def test_bad_input_names_argument_expected_and_given(changes, pattern):
+]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("changes,pattern", BAD_INPUTS)
+def test_bad_input_names_argument_expected_and_given(changes, pattern, backend):
     with pytest.raises(ValueError, match=pattern):
-        _call(**changes)
+        _call(backend=backend, **changes)
+
+
+def test_unknown_backend_lists_the_names():
+    with pytest.raises(ValueError, match=r"backend: expected one of .*got 'cuda_kernel'"):
+        _call(backend="cuda_kernel")
 
 
 def test_unavailable_backend_lists_the_available_ones():

@@ -18,7 +18,7 @@ and the SiLU(z) gate are applied to all of y at the end.
   the exported scan agrees with it to float32 rounding (1e-6 on outputs of order 1), at any length.
 * Finite: every factor is a per-step exp(dt A); nothing is divided by a cumulative decay, unlike
   the chunked cumsum "division trick" whose exp(-A cumsum dt) overflows float32 once
-  |A| * sum(dt) > 88 (``scan_algorithms.md`` §1.5).
+  |A| * sum(dt) > 88.
 * Memory: one block's (batch, dim, 128, state) tensors at a time besides the inputs, never the
   (batch, dim, length, state) tensor of a one-level formulation (3 GB at 1024x1024 for VMamba's
   vanilla models).
@@ -130,11 +130,11 @@ def _translation():
         """visionssm::selective_scan -> (y, last_state, checkpoints) in standard ONNX (see the module doc)."""
         in_type = u.dtype
         wide = ir.DataType.DOUBLE if in_type == ir.DataType.DOUBLE else ir.DataType.FLOAT
-        if u.shape is None or A.shape is None or B.shape is None:
-            raise ValueError("selective_scan ONNX export: the ranks of u, A and B must be known")
+        if u.shape is None or A.shape is None or B.shape is None or C.shape is None:
+            raise ValueError("selective_scan ONNX export: the ranks of u, A, B and C must be known")
         dim, state, length = u.shape[1], A.shape[1], u.shape[2]
-        grouped = len(B.shape) == 4
-        groups = B.shape[1] if grouped else 1
+        # a 3-D B or C is one group; the input checks made the group counts of B and C agree
+        groups = next((t.shape[1] for t in (B, C) if len(t.shape) == 4), 1)
         if not all(isinstance(s, int) for s in (dim, state, groups)):
             raise ValueError(f"selective_scan ONNX export: dim, state and groups must be static, got "
                              f"u {u.shape}, A {A.shape}, B {B.shape}")
@@ -147,9 +147,8 @@ def _translation():
         def const(values):
             return op.Constant(value_ints=list(values))
 
+        B, C = (op.Unsqueeze(t, [1]) if len(t.shape) == 3 else t for t in (B, C))  # (b, g, n, L)
         u, delta, A, B, C = (cast(t) for t in (u, delta, A, B, C))
-        if not grouped:
-            B, C = op.Unsqueeze(B, [1]), op.Unsqueeze(C, [1])  # (b, 1, n, L)
         x = delta if delta_bias is None else op.Add(delta, op.Unsqueeze(cast(delta_bias), [1]))
         dt = op.Softplus(x) if delta_softplus else x
 

@@ -50,7 +50,8 @@ def selective_scan_reference(
     for dt_t, u_t, B_t, C_t in zip(delta.unbind(2), u.unbind(2), Bx.unbind(3), Cx.unbind(3)):
         h = torch.exp(dt_t[:, :, None] * A) * h + (dt_t * u_t)[:, :, None] * B_t
         ys.append((h * C_t).sum(-1))
-    y = torch.stack(ys, dim=2)
+    # a length-0 sequence: an empty y, still attached to u so that a backward runs
+    y = torch.stack(ys, dim=2) if ys else u * 0
     if D is not None:
         y = y + D.to(wide)[:, None] * u
     if z is not None:

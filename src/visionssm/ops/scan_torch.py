@@ -3,10 +3,10 @@
 Per block of ``CHUNK`` steps the decays exp(dt A) and inputs dt B u are made in one vectorised
 pass in a (time, batch, groups, dim/groups, state) layout, then the recurrence is one in-place
 ``addcmul_`` per step on contiguous slices. This is exact (the reference's order of operations),
-needs no overflow guard (unlike chunked cumsum forms, see scan_algorithms.md §1.5), and holds only
-one block of states at a time. The backward recomputes each block's states from the state saved
-at the block start, walks the block in reverse for dh, and forms every gradient with vectorised
-reductions over the block.
+needs no overflow guard (unlike chunked cumsum forms, whose exp(-A cumsum dt) overflows float32
+once |A| * sum(dt) > 88), and holds only one block of states at a time. The backward recomputes
+each block's states from the state saved at the block start, walks the block in reverse for dh,
+and forms every gradient with vectorised reductions over the block.
 
 The interface (float32 or float64 tensors, B and C grouped (batch, groups, state, length)) is
 described in ``visionssm.ops.selective_scan``.

@@ -1,6 +1,7 @@
 """GPU selective scan: fused Triton kernels that keep the state on chip and recompute it backward.
 
-The design follows the official CUDA kernel (scan_algorithms.md §1.2) in Triton terms.
+The design follows mamba_ssm's CUDA kernel (the state kept on chip, a parallel scan within a chunk
+of steps, the states recomputed in the backward) in Triton terms.
 
 Forward. One program per (channel block of ``BLOCK_D`` channels, group, batch); the channel
 block never straddles a group, so the program reads one (state, length) slab of B and C. The

@@ -112,6 +112,10 @@ def _need_tensor(name, t, ndim, optional=False):
         raise ValueError(f"{name}: expected a {want} tensor, got shape {tuple(t.shape)}")
 
 
+def _groups(M: torch.Tensor) -> int:
+    return 1 if M.dim() == 3 else M.shape[1]
+
+
 def check_inputs(u, delta, A, B, C, D, z, delta_bias):
     _need_tensor("u", u, (3,))
     batch, dim, length = u.shape
@@ -125,6 +129,8 @@ def check_inputs(u, delta, A, B, C, D, z, delta_bias):
     if A.shape[0] != dim:
         raise ValueError(f"A: expected shape ({dim}, state) to match u's dim {dim}, got {tuple(A.shape)}")
     state = A.shape[1]
+    if state == 0:
+        raise ValueError(f"A: expected at least 1 state, got shape {tuple(A.shape)}")
     for name, t in (("delta", delta), ("z", z)):
         if t is not None and t.shape != u.shape:
             raise ValueError(f"{name}: expected shape {tuple(u.shape)} (same as u), got {tuple(t.shape)}")
@@ -142,8 +148,9 @@ def check_inputs(u, delta, A, B, C, D, z, delta_bias):
                                  f"{(batch, groups, state, length)}, got {tuple(M.shape)}")
             if groups == 0 or dim % groups:
                 raise ValueError(f"{name}: dim {dim} must be a multiple of groups, got groups={groups}")
-    if B.dim() == 4 and C.dim() == 4 and B.shape[1] != C.shape[1]:
-        raise ValueError(f"C: expected the same number of groups as B ({B.shape[1]}), got {C.shape[1]}")
+    if _groups(B) != _groups(C):  # as in mamba_ssm, a 3-D B or C is one group
+        raise ValueError(f"C: expected {_groups(B)} group(s) like B {tuple(B.shape)} (a 3-D B or C is one "
+                         f"group), got {_groups(C)}: shape {tuple(C.shape)}")
     devices = {name: t.device for name, t in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C),
                                                 ("D", D), ("z", z), ("delta_bias", delta_bias))
                if t is not None}
@@ -166,6 +173,11 @@ def _cast(t, dtype):
 
 def _grouped(M: torch.Tensor, dtype) -> torch.Tensor:
     return (M if M.dim() == 4 else M.unsqueeze(1)).to(dtype)
+
+
+def _ungrouped(dM: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    """The gradient of B or C in that input's own layout and dtype (undoes ``_grouped``)."""
+    return (dM.squeeze(1) if M.dim() == 3 else dM).to(M.dtype)
 
 
 @torch.library.custom_op("visionssm::selective_scan", mutates_args=())
@@ -200,9 +212,7 @@ def _scan_backward_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: 
     du, ddelta, dA, dB, dC, dD, dz, ddelta_bias = _backend_module(backend).backward(
         u.to(w), delta.to(w), A.to(w), _grouped(B, w), _grouped(C, w), _cast(D, w), _cast(z, w),
         _cast(delta_bias, w), delta_softplus, checkpoints, dout.to(w), _cast(dlast, w))
-    if B.dim() == 3:
-        dB, dC = dB.squeeze(1), dC.squeeze(1)
-    return [du.to(u.dtype), ddelta.to(delta.dtype), dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
+    return [du.to(u.dtype), ddelta.to(delta.dtype), dA.to(A.dtype), _ungrouped(dB, B), _ungrouped(dC, C),
             u.new_empty(0) if D is None else dD.to(D.dtype), u.new_empty(0) if z is None else dz.to(z.dtype),
             u.new_empty(0) if delta_bias is None else ddelta_bias.to(delta_bias.dtype)]
 
@@ -221,7 +231,8 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dout, dlast, _dckpt):
     u, delta, A, B, C, D, z, delta_bias, ckpt = ctx.saved_tensors
-    if ckpt.numel() == 0 and u.shape[2] > 0:
+    # compared by shape, not by emptiness: the checkpoints of an empty batch or sequence are empty too
+    if tuple(ckpt.shape) != tuple(_backend_module(ctx.backend).checkpoint_shape(*u.shape, A.shape[1])):
         raise RuntimeError("selective_scan: backward called on a forward run without gradients enabled")
     if dout is None:
         dout = torch.zeros_like(u)
@@ -235,7 +246,8 @@ _scan_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def scan_macs(batch: int, dim: int, length: int, state: int) -> int:
-    """Multiply-adds of one selective scan, the papers' convention (mamba_ssm#110): 9BLDN + BDL."""
+    """Multiply-adds of one selective scan as the Mamba and VMamba papers count them: 9 per state
+    update (9BLDN) plus one per output for the D skip (BDL)."""
     return 9 * batch * length * dim * state + batch * dim * length
 
 
