@@ -5,10 +5,12 @@ import json
 import pytest
 import torch
 
-from test_train import Crash, crash_on_save  # tests/ is on sys.path
 from visionssm import train as T
 from visionssm.cli import main as cli_main
 from visionssm.data import DataError
+from visionssm.engine.checkpoints import load_checkpoint
+from visionssm.engine.task import create_task
+from visionssm.models.checkpoint import CheckpointError
 
 VMAMBA = ["--model", "vmamba_tiny_s1l8", "--model-kwargs", "dims=8", "depths=[1,1,1,1]"]
 VIM = ["--model", "vim_tiny_patch16_224", "--model-kwargs", "embed_dim=32", "depth=4"]
@@ -45,7 +47,7 @@ def fixed_batch_losses(task, batch, steps=8, lr=2e-3):
 @pytest.mark.parametrize("backbone", [VMAMBA, VIM], ids=["vmamba", "vim"])
 def test_segmentation_steps_lower_the_loss(backbone):
     args = T.parse_args(T.train_parser(), [*SEG, *backbone])
-    task = T.create_task(args, progress=False)
+    task = create_task(args, progress=False)
     assert task.classes == ["background", "ellipse", "triangle", "rectangle", "pentagon"]
     batch = torch.utils.data.default_collate([task.train_set[i] for i in range(4)])
     assert batch[0].shape == (4, 3, 64, 64) and batch[1].shape == (4, 64, 64)
@@ -57,7 +59,7 @@ def test_segmentation_steps_lower_the_loss(backbone):
 def test_detection_steps_lower_the_loss(detector):
     args = T.parse_args(T.train_parser(), ["--task", "detection", *VMAMBA, *COMMON, "--detector", detector,
                                            *SMALL_HEADS, "--train-num-samples", "4", "--val-num-samples", "2"])
-    task = T.create_task(args, progress=False)
+    task = create_task(args, progress=False)
     assert task.fields[0] == "bbox_AP" and any(f.startswith("segm") for f in task.fields) == (detector == "mask_rcnn")
     batch = task.train_collate([task.train_set[i] for i in range(2)])
     losses = fixed_batch_losses(task, batch, steps=6, lr=5e-4)
@@ -77,7 +79,7 @@ def test_segmentation_run_logs_and_checkpoints(seg_run):
     assert all(0 <= x["mIoU"] <= 100 and 0 <= x["aAcc"] <= 100 for x in r)
     header = (seg_run / "metrics.csv").read_text().splitlines()[0]
     assert header.startswith("epoch,step,lr,train_loss,val_loss,mIoU,aAcc,mAcc,ema_mIoU")
-    ckpt = T.load_checkpoint(str(seg_run / "last.pth"))
+    ckpt = load_checkpoint(str(seg_run / "last.pth"))
     assert ckpt["config"]["task"] == "segmentation" and len(ckpt["classes"]) == 5
     summary = json.loads((seg_run / "summary.json").read_text())
     assert summary["best_mIoU"] == max(x["mIoU"] for x in r)
@@ -96,12 +98,10 @@ def test_eval_of_a_segmentation_checkpoint_matches_training(seg_run, capsys):
     assert 0 <= slide["mIoU"] <= 100
 
 
-def test_segmentation_resume_continues_exactly(seg_run, tmp_path, monkeypatch):
+def test_segmentation_resume_continues_exactly(seg_run, tmp_path, crash_after):
     out = tmp_path / "resumed"
-    with monkeypatch.context() as m:
-        crash_on_save(m, 1)  # stopped at the end of epoch 0
-        with pytest.raises(Crash):
-            cli_main(["train", *SEG, "--epochs", "2", "--output", str(out)])
+    with crash_after(2, "last.pth"):  # stopped at the end of epoch 0, after its evaluation
+        cli_main(["train", *SEG, "--epochs", "2", "--output", str(out)])
     assert cli_main(["train", *SEG, "--epochs", "2", "--output", str(out), "--resume", str(out / "last.pth")]) == 0
     digests = json.loads((out / "summary.json").read_text())["rank_param_digests"]
     assert digests == json.loads((seg_run / "summary.json").read_text())["rank_param_digests"]
@@ -116,12 +116,12 @@ def test_shapes_on_disk_serve_both_tasks_as_the_builtin_set(tmp_path):
         cli_main(["shapes", "--out", str(tmp_path / "none"), "--num-images", "0", "3"])
     assert not (tmp_path / "none").exists()
     flags = [*VMAMBA, "--data", str(root), "--img-size", "64", "--crop-size", "64"]
-    seg = T.create_task(T.parse_args(T.train_parser(), ["--task", "segmentation", *flags]), progress=False)
-    builtin = T.create_task(T.parse_args(T.train_parser(), ["--task", "segmentation", *flags[:-6], *COMMON,
+    seg = create_task(T.parse_args(T.train_parser(), ["--task", "segmentation", *flags]), progress=False)
+    builtin = create_task(T.parse_args(T.train_parser(), ["--task", "segmentation", *flags[:-6], *COMMON,
                                                             "--val-num-samples", "3"]), progress=False)
     assert len(seg.train_set) == 6 and seg.classes == builtin.classes
     assert all(torch.equal(seg.val_set[i][1], builtin.val_set[i][1]) for i in range(3))  # same masks
-    det = T.create_task(T.parse_args(T.train_parser(), ["--task", "detection", *flags, *SMALL_HEADS]),
+    det = create_task(T.parse_args(T.train_parser(), ["--task", "detection", *flags, *SMALL_HEADS]),
                         progress=False)
     assert len(det.val_set) == 3 and det.classes == ["ellipse", "triangle", "rectangle", "pentagon"]
 
@@ -144,7 +144,7 @@ def test_clear_errors(tmp_path, monkeypatch, seg_run):
     with pytest.raises(DataError, match="does not exist"):
         T.train(T.parse_args(T.train_parser(), ["--task", "segmentation", *VMAMBA, "--data", str(tmp_path / "no"),
                                                 "--output", str(tmp_path / "x")]))
-    with pytest.raises(T.CheckpointError, match="segmentation checkpoint, but --task is 'detection'"):
+    with pytest.raises(CheckpointError, match="segmentation checkpoint, but --task is 'detection'"):
         T.train(T.parse_args(T.train_parser(), ["--task", "detection", *VMAMBA, *COMMON, *SMALL_HEADS,
                                                 "--train-num-samples", "4", "--val-num-samples", "2", "-b", "2",
                                                 "--resume", str(seg_run / "last.pth"), "--output", str(tmp_path)]))
@@ -153,7 +153,7 @@ def test_clear_errors(tmp_path, monkeypatch, seg_run):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pycocotools" else real(name, *a))
     with pytest.raises(ImportError, match=r"pycocotools.*visionssm\[dense\]"):
-        T.create_task(T.parse_args(T.train_parser(), ["--task", "detection", *VMAMBA, *COMMON]), progress=False)
+        create_task(T.parse_args(T.train_parser(), ["--task", "detection", *VMAMBA, *COMMON]), progress=False)
 
 
 def test_pretrained_backbone_weights_are_loaded(tmp_path):
@@ -163,14 +163,14 @@ def test_pretrained_backbone_weights_are_loaded(tmp_path):
     path = tmp_path / "classifier.pth"
     torch.save({"model": classifier.state_dict()}, path)
     args = T.parse_args(T.train_parser(), [*SEG, "--pretrained-path", str(path)])
-    task = T.create_task(args, progress=False)
+    task = create_task(args, progress=False)
     body = task.model.backbone.body.state_dict()
     want = classifier.state_dict()
     loaded = [k for k in body if k.removeprefix("model.") in want]
     assert len(loaded) > 20
     assert all(torch.equal(body[k], want[k.removeprefix("model.")]) for k in loaded)
-    with pytest.raises(T.CheckpointError, match="--pretrained-path"):
-        T.create_task(T.parse_args(T.train_parser(), [*SEG, "--pretrained-path", str(tmp_path / "no.pth")]), False)
+    with pytest.raises(CheckpointError, match="--pretrained-path"):
+        create_task(T.parse_args(T.train_parser(), [*SEG, "--pretrained-path", str(tmp_path / "no.pth")]), False)
 
 
 @pytest.mark.slow
@@ -211,7 +211,7 @@ def test_an_official_layout_upernet_checkpoint_loads_whole(tmp_path):
     """mmseg's layout of VMamba's released UperNet files: backbone.<classifier keys>, backbone.outnorm{i},
     decode_head.*, auxiliary_head.*, under 'state_dict' with mmengine's 'meta'."""
     args = T.parse_args(T.train_parser(), SEG)
-    source = T.create_task(args, progress=False).model.eval()
+    source = create_task(args, progress=False).model.eval()
     official = {k.replace("backbone.body.model.", "backbone."): v for k, v in source.state_dict().items()}
     assert any(k.startswith("backbone.outnorm3.") for k in official)
     official["backbone.layers.0.blocks.0.op.x_proj.weight"] = official.pop(
@@ -219,14 +219,14 @@ def test_an_official_layout_upernet_checkpoint_loads_whole(tmp_path):
     path = tmp_path / "upernet_official.pth"
     torch.save({"state_dict": official, "meta": {"epoch": 160}}, path)
     args = T.parse_args(T.train_parser(), [*SEG, "--seed", "1", "--pretrained-path", str(path)])
-    model = T.create_task(args, progress=False).model.eval()
+    model = create_task(args, progress=False).model.eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(model(x)["out"], source(x)["out"])
     del official["decode_head.conv_seg.weight"]
     torch.save({"state_dict": official}, path)
     with pytest.raises(ValueError, match="missing.*decode_head.conv_seg.weight"):
-        T.create_task(args, progress=False)
+        create_task(args, progress=False)
 
 
 def test_a_bad_mask_is_an_error_before_training_starts(tmp_path):

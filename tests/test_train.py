@@ -13,10 +13,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from timm.loss import LabelSmoothingCrossEntropy  # noqa: E402
+from timm.optim import create_optimizer_v2  # noqa: E402
 
 from visionssm import train as T  # noqa: E402
 from visionssm.cli import main as cli_main  # noqa: E402
 from visionssm.data import DataError  # noqa: E402
+from visionssm.engine import checkpoints  # noqa: E402
+from visionssm.engine.checkpoints import load_checkpoint, save_checkpoint  # noqa: E402
+from visionssm.engine.loop import NonFiniteLossError  # noqa: E402
+from visionssm.engine.models import create_model  # noqa: E402
+from visionssm.models.checkpoint import CheckpointError  # noqa: E402
 
 TINY = ["--model", "vim_tiny_patch16_224", "--model-kwargs", "embed_dim=32", "depth=2",
         "--data", "digits", "--train-num-samples", "192", "--val-num-samples", "96", "--batch-size", "32",
@@ -46,7 +53,7 @@ def test_two_epochs_improve_the_loss_and_write_checkpoints(two_epochs):
     assert [r["epoch"] for r in rows] == [0, 1]
     assert rows[1]["train_loss"] < rows[0]["train_loss"]
     assert rows[1]["val_loss"] < 2.3  # below chance (ln 10)
-    ckpt = T.load_checkpoint(str(two_epochs / "last.pth"))
+    ckpt = load_checkpoint(str(two_epochs / "last.pth"))
     assert ckpt["epoch"] == 2 and ckpt["step"] == 12 and ckpt["step_in_epoch"] == 0
     assert {"model", "model_ema", "optimizer", "scheduler", "scaler", "rng", "config", "classes"} <= set(ckpt)
     assert ckpt["config"]["model_kwargs"] == {"embed_dim": 32, "depth": 2}
@@ -58,8 +65,8 @@ def test_two_epochs_improve_the_loss_and_write_checkpoints(two_epochs):
 
 def test_no_weight_decay_on_ssm_parameters():
     args = T.parse_args(T.train_parser(), TINY)
-    model = T.create_model(args.model, 10, 32, args.model_kwargs)
-    opt = T.create_optimizer_v2(model, opt="adamw", lr=1e-3, weight_decay=0.05)
+    model = create_model(args.model, 10, 32, args.model_kwargs)
+    opt = create_optimizer_v2(model, opt="adamw", lr=1e-3, weight_decay=0.05)
     names = {id(p): n for n, p in model.named_parameters()}
     no_decay = {names[id(p)] for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]}
     assert {"pos_embed", "cls_token", "layers.0.mixer.A_log", "layers.0.mixer.D", "layers.0.mixer.A_b_log",
@@ -67,43 +74,20 @@ def test_no_weight_decay_on_ssm_parameters():
     assert "layers.0.mixer.in_proj.weight" not in no_decay
 
 
-class Crash(Exception):
-    pass
-
-
-def crash_on_save(monkeypatch, call):
-    """Stop the run right after the ``call``-th write of last.pth (the file itself is whole)."""
-    calls = []
-    real = T.save_checkpoint
-
-    def save(state, path):
-        real(state, path)
-        if path.endswith("last.pth"):
-            calls.append(path)
-            if len(calls) == call:
-                raise Crash(f"stopped after write {call}")
-
-    monkeypatch.setattr(T, "save_checkpoint", save)
-
-
-def test_resume_mid_epoch_and_at_an_epoch_end_reproduces_the_uninterrupted_run(two_epochs, tmp_path, monkeypatch):
+def test_resume_mid_epoch_and_at_an_epoch_end_reproduces_the_uninterrupted_run(two_epochs, tmp_path, crash_after):
     out = tmp_path / "resumed"
     extra = ["--epochs", "2", "--model-ema", "--model-ema-decay", "0.9", "--checkpoint-steps", "4"]
-    with monkeypatch.context() as m:
-        crash_on_save(m, 1)  # at step 4, in the middle of epoch 0
-        with pytest.raises(Crash):
-            run(out, *extra)
-    assert T.load_checkpoint(str(out / "last.pth"))["step"] == 4
-    with monkeypatch.context() as m:
-        crash_on_save(m, 1)  # at the end of epoch 0
-        with pytest.raises(Crash):
-            run(out, *extra, "--resume", str(out))
-    assert T.load_checkpoint(str(out / "last.pth"))["step"] == 6
+    with crash_after(1, "last.pth"):  # at step 4, in the middle of epoch 0
+        run(out, *extra)
+    assert load_checkpoint(str(out / "last.pth"))["step"] == 4
+    with crash_after(1, "last.pth"):  # at the end of epoch 0's training, before its evaluation
+        run(out, *extra, "--resume", str(out))
+    assert load_checkpoint(str(out / "last.pth"))["step"] == 6
     summary = run(out, *extra, "--resume", str(out / "last.pth"))
 
     reference = json.loads((two_epochs / "summary.json").read_text())
     assert summary["rank_param_digests"] == reference["rank_param_digests"]
-    a, b = T.load_checkpoint(str(two_epochs / "last.pth")), T.load_checkpoint(str(out / "last.pth"))
+    a, b = load_checkpoint(str(two_epochs / "last.pth")), load_checkpoint(str(out / "last.pth"))
     for k in a["model_ema"]:
         assert torch.equal(a["model_ema"][k], b["model_ema"][k]), k
     assert read_metrics(out)[-1]["train_loss"] == read_metrics(two_epochs)[-1]["train_loss"]
@@ -113,35 +97,35 @@ def test_a_truncated_checkpoint_is_a_clear_error(two_epochs, tmp_path):
     data = (two_epochs / "last.pth").read_bytes()
     bad = tmp_path / "last.pth"
     bad.write_bytes(data[: len(data) // 2])
-    with pytest.raises(T.CheckpointError, match="it is truncated, corrupted or not a PyTorch checkpoint"):
-        T.load_checkpoint(str(bad))
+    with pytest.raises(CheckpointError, match="it is truncated, corrupted or not a PyTorch checkpoint"):
+        load_checkpoint(str(bad))
     bad.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(T.CheckpointError, match="cannot be read"):
+    with pytest.raises(CheckpointError, match="cannot be read"):
         run(tmp_path / "out", "--epochs", "1", "--resume", str(bad))
-    with pytest.raises(T.CheckpointError, match="does not exist"):
-        T.load_checkpoint(str(tmp_path / "missing.pth"))
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(str(tmp_path / "missing.pth"))
 
 
 def test_a_failed_write_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
     path = tmp_path / "last.pth"
-    T.save_checkpoint({"model": {"w": torch.ones(3)}, "epoch": 1}, str(path))
+    save_checkpoint({"model": {"w": torch.ones(3)}, "epoch": 1}, str(path))
     before = path.read_bytes()
 
     def half_then_fail(obj, f):
         f.write(b"PK\x03\x04 half a zip")
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(T.torch, "save", half_then_fail)
+    monkeypatch.setattr(checkpoints.torch, "save", half_then_fail)
     with pytest.raises(OSError, match="No space left"):
-        T.save_checkpoint({"model": {"w": torch.zeros(3)}, "epoch": 2}, str(path))
+        save_checkpoint({"model": {"w": torch.zeros(3)}, "epoch": 2}, str(path))
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["last.pth"]  # the temporary file is gone
     monkeypatch.undo()
-    assert T.load_checkpoint(str(path))["epoch"] == 1
+    assert load_checkpoint(str(path))["epoch"] == 1
 
 
 def test_a_checkpoint_of_another_model_names_the_keys(two_epochs, tmp_path):
-    with pytest.raises(T.CheckpointError, match=r"does not fit VisionMamba: missing keys \d+ \(layers\.2\."):
+    with pytest.raises(CheckpointError, match=r"does not fit VisionMamba: missing keys \d+ \(layers\.2\."):
         run(tmp_path / "out", "--epochs", "1", "--model-kwargs", "embed_dim=32", "depth=3",
             "--resume", str(two_epochs / "last.pth"))
 
@@ -169,7 +153,7 @@ def test_eval_and_predict_a_checkpoint(two_epochs, tmp_path, capsys):
 
 
 def test_a_nan_loss_stops_with_the_step_number(tmp_path, monkeypatch):
-    real = T.LabelSmoothingCrossEntropy.forward
+    real = LabelSmoothingCrossEntropy.forward
     calls = []
 
     def nan_on_third(self, x, target):
@@ -177,8 +161,8 @@ def test_a_nan_loss_stops_with_the_step_number(tmp_path, monkeypatch):
         loss = real(self, x, target)
         return loss * float("nan") if len(calls) == 3 else loss
 
-    monkeypatch.setattr(T.LabelSmoothingCrossEntropy, "forward", nan_on_third)
-    with pytest.raises(T.NonFiniteLossError, match=r"became nan at step 3 \(epoch 0"):
+    monkeypatch.setattr(LabelSmoothingCrossEntropy, "forward", nan_on_third)
+    with pytest.raises(NonFiniteLossError, match=r"became nan at step 3 \(epoch 0"):
         run(tmp_path / "nan", "--epochs", "1")
 
 
@@ -190,7 +174,7 @@ def test_amp_bfloat16_on_cpu_with_accumulation_and_mixup(tmp_path):
 
 def test_clear_errors_for_bad_model_data_and_config(tmp_path):
     with pytest.raises(ValueError, match=r"unknown model 'vim_tinyy_patch16_224'; did you mean"):
-        T.create_model("vim_tinyy_patch16_224", 10)
+        create_model("vim_tinyy_patch16_224", 10)
     with pytest.raises(DataError, match="does not exist"):
         run(tmp_path / "o", "--data", str(tmp_path / "no_such_folder"))
     with pytest.raises(DataError, match="neither a built-in data set"):
@@ -223,8 +207,8 @@ def test_two_process_gloo_ddp_keeps_the_ranks_identical(tmp_path, capsys):
     assert summary["world_size"] == 2 and summary["steps"] == 3  # 96 / 2 ranks / 8 / 2 micro-batches
     digests = summary["rank_param_digests"]
     assert len(digests) == 2 and digests[0] == digests[1]
-    assert T.load_checkpoint(str(out / "last.pth"))["world_size"] == 2
-    assert len(T.load_checkpoint(str(out / "last.pth"))["rng"]) == 2  # both ranks' RNG states
+    assert load_checkpoint(str(out / "last.pth"))["world_size"] == 2
+    assert len(load_checkpoint(str(out / "last.pth"))["rng"]) == 2  # both ranks' RNG states
     # the validation scores summed over the two ranks' shards are those of one process on the whole set
     assert cli_main(["eval", "--checkpoint", str(out / "last.pth"), "--num-samples", "40", "--workers", "0"]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -241,7 +225,7 @@ def test_a_bare_resume_restores_the_whole_run_and_says_what_it_overrides(tmp_pat
     assert cli_main(["train", "--resume", str(out), "--epochs", "2", "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "--resume: epochs: 1 in the run, 2 now" in printed
-    ckpt = T.load_checkpoint(str(out))
+    ckpt = load_checkpoint(str(out))
     cfg = ckpt["config"]
     assert (cfg["model_kwargs"], cfg["batch_size"], cfg["train_num_samples"], cfg["lr"]) == \
            ({"embed_dim": 32, "depth": 2}, 32, 96, 3e-3)
@@ -272,34 +256,18 @@ def test_an_earlier_run_folder_is_refused_unless_resumed_or_overwritten(two_epoc
     assert summary["steps"] == 6 and [r["epoch"] for r in read_metrics(out)] == [0]
 
 
-def crash_after_write(monkeypatch, call):
-    """Stop the run right after the ``call``-th checkpoint write (of any file)."""
-    calls = []
-    real = T.save_checkpoint
-
-    def save(state, path):
-        real(state, path)
-        calls.append(path)
-        if len(calls) == call:
-            raise Crash(f"stopped after write {call} ({os.path.basename(path)})")
-
-    monkeypatch.setattr(T, "save_checkpoint", save)
-
-
 @pytest.mark.parametrize("call", [1, 2, 3])
-def test_a_kill_between_checkpoint_writes_leaves_best_last_and_summary_consistent(tmp_path, monkeypatch, call):
+def test_a_kill_between_checkpoint_writes_leaves_best_last_and_summary_consistent(tmp_path, crash_after, call):
     # one epoch writes last.pth (trained), best.pth, last.pth (evaluated), then summary.json
     out = tmp_path / "run"
-    with monkeypatch.context() as m:
-        crash_after_write(m, call)
-        with pytest.raises(Crash):
-            run(out, "--epochs", "1")
+    with crash_after(call):
+        run(out, "--epochs", "1")
     (out / ".last.pth.killed.tmp").write_bytes(b"half")  # what a kill during a write leaves
     with open(out / "metrics.jsonl", "a") as f:
         f.write('{"epoch": 0, "st')  # a torn line
     summary = run(out, "--epochs", "1", "--resume", str(out))
-    best = T.load_checkpoint(str(out / "best.pth"))
-    last = T.load_checkpoint(str(out / "last.pth"))
+    best = load_checkpoint(str(out / "best.pth"))
+    last = load_checkpoint(str(out / "last.pth"))
     rows = read_metrics(out)
     assert [r["epoch"] for r in rows] == [0] and summary["final"] == rows[0]
     assert summary["best_epoch"] == 0 and best["epoch"] == 1 and best["best"]["top1"] == summary["best_top1"]
@@ -331,7 +299,7 @@ def test_user_errors_on_the_command_line_are_one_line_and_status_2(tmp_path, cap
     assert err.count("\n") == 1 and "cannot be read" in err and "weights_only" not in err
     assert cli_main(["eval", "--checkpoint", str(tmp_path / "missing.pth")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    with pytest.raises(T.CheckpointError):  # --debug shows the exception itself
+    with pytest.raises(CheckpointError):  # --debug shows the exception itself
         cli_main(["--debug", "eval", "--checkpoint", str(bad)])
 
 
@@ -356,7 +324,7 @@ def official_layout(two_epochs, tmp_path):
     """The trained weights saved as the official releases are: {'model': ..., 'args': Namespace}."""
     import argparse
 
-    ckpt = T.load_checkpoint(str(two_epochs / "best.pth"))
+    ckpt = load_checkpoint(str(two_epochs / "best.pth"))
     path = tmp_path / "official.pth"
     torch.save({"model": ckpt["model"], "args": argparse.Namespace(model="vim_tiny_patch16_224", lr=1e-3)}, path)
     return path
@@ -375,9 +343,10 @@ def test_eval_and_predict_of_an_official_layout_file_use_its_trained_head(two_ep
     from visionssm.engine.models import model_from_checkpoint
 
     model, info = model_from_checkpoint(str(path), "vim_tiny_patch16_224", {"embed_dim": 32, "depth": 2}, img_size=32)
-    trained = T.load_checkpoint(str(two_epochs / "best.pth"))["model"]
+    trained = load_checkpoint(str(two_epochs / "best.pth"))["model"]
     assert [k for k, v in model.state_dict().items() if not torch.equal(v, trained[k])] == []
 
+    from visionssm.classification import eval_transform
     from visionssm.data import Digits, read_image
 
     Digits("val")[0][0].save(tmp_path / "digit.png")
@@ -385,7 +354,7 @@ def test_eval_and_predict_of_an_official_layout_file_use_its_trained_head(two_ep
                      str(tmp_path / "digit.png")]) == 0
     probs = [float(p.split()[-1]) for p in capsys.readouterr().out.split(": ", 1)[1].split(", ")]
     with torch.no_grad():
-        want = model(T.eval_transform(info["data_config"])(read_image(str(tmp_path / "digit.png")))[None])
+        want = model(eval_transform(info["data_config"])(read_image(str(tmp_path / "digit.png")))[None])
     assert probs == pytest.approx(sorted(want.softmax(-1)[0].tolist(), reverse=True), abs=1e-3)  # the 10 trained
     assert cli_main(["predict", str(tmp_path / "digit.png"), "--checkpoint", str(path), *kw, "num_classes=1000"]) == 2
     assert "has 10 classes; a different number would replace the trained head" in capsys.readouterr().err
@@ -413,7 +382,7 @@ def test_a_bad_validation_image_loses_no_training(tmp_path):
     out = tmp_path / "run"
     with pytest.raises(DataError, match=r"broken\.png"):
         run(out, "--data", str(data), "--img-size", "16", "--batch-size", "4", "--epochs", "1")
-    ckpt = T.load_checkpoint(str(out))
+    ckpt = load_checkpoint(str(out))
     assert (ckpt["epoch"], ckpt["step"], ckpt["step_in_epoch"]) == (0, 4, 4)  # trained, waiting for evaluation
     (data / "val" / "a" / "broken.png").unlink()
     summary = run(out, "--data", str(data), "--img-size", "16", "--batch-size", "4", "--epochs", "1",

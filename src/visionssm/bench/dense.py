@@ -90,6 +90,7 @@ def memory_table(rows: list[dict]) -> str:
 
 def run_train(args) -> list[dict]:
     from visionssm import train as T
+    from visionssm.engine.checkpoints import load_checkpoint
 
     rows = []
     for case in args.tasks:
@@ -100,7 +101,7 @@ def run_train(args) -> list[dict]:
                  "--img-size", str(args.img_size), "--train-num-samples", str(args.num_samples[0]),
                  "--val-num-samples", str(args.num_samples[1]), "--epochs", str(args.epochs), "-b", "8",
                  "--lr", "1e-3", "--weight-decay", "0.01", "--warmup-epochs", "1", "--workers", "0",
-                 "--no-progress", "--seed", "0", "--output", folder, *extra]
+                 "--no-progress", "--seed", "0", "--output", folder, "--overwrite", *extra]
         if task == "segmentation":
             flags += ["--decode-channels", "64"]
         t0 = time.time()
@@ -109,7 +110,7 @@ def run_train(args) -> list[dict]:
                    epochs=args.epochs, wall_s=time.time() - t0, img_per_s=summary["train_img_per_s"],
                    final={k: v for k, v in summary["final"].items() if not isinstance(v, list)})
         if task == "segmentation":  # per-class IoU of the best epoch, kept in the checkpoint
-            ckpt = T.load_checkpoint(os.path.join(folder, "last.pth"))
+            ckpt = load_checkpoint(os.path.join(folder, "last.pth"))
             row["best_iou"] = dict(zip(ckpt["classes"], ckpt["best"]["IoU"]))
         rows.append(row)
         print(json.dumps(row), flush=True)

@@ -20,6 +20,7 @@ import sys
 import time
 
 from visionssm.bench.machine import describe
+from visionssm.engine.checkpoints import read_metrics
 
 # name -> (timm model, model kwargs): 0.2-0.4M parameters each for 10 classes at 32 px
 MODELS = {
@@ -45,7 +46,8 @@ def run_case(task: str, family: str, budget: float, out: str, max_epochs: int, p
     data_flags, size = TASKS[task]
     if sizes:  # a smaller slice (smoke runs)
         data_flags = [*data_flags, "--train-num-samples", str(sizes[0]), "--val-num-samples", str(sizes[1])]
-    base = [*COMMON, "--model", model, "--model-kwargs", *[f"{k}={v!r}".replace(" ", "") for k, v in kwargs.items()],
+    base = [*COMMON, "--overwrite", "--model", model,  # a benchmark reruns into its folders
+            "--model-kwargs", *[f"{k}={v!r}".replace(" ", "") for k, v in kwargs.items()],
             *data_flags, "--img-size", str(size)]
     folder = os.path.join(out, f"{task}-{family}")
     # probe: two short epochs; the second one's speed (the first includes compilation)
@@ -69,8 +71,7 @@ def _train_size(data_flags: list[str]) -> int:
 
 
 def _rows(folder: str) -> list[dict]:
-    with open(os.path.join(folder, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
+    return read_metrics(folder)
 
 
 def table(results: list[dict]) -> str:

@@ -1,9 +1,9 @@
 """The segmentation and detection tasks of ``visionssm train --task ...`` and ``visionssm eval``.
 
-A task builds the model and the data sets and knows the loss and the metrics; the training loop in
-``visionssm.train`` (AMP, DDP, EMA, checkpoints, exact resume, progress) is shared with
-classification. ``--model`` names the backbone: VMamba's four stages feed the head directly, Vim
-(and plain ViTs) through the simple feature pyramid.
+Each is a :class:`visionssm.engine.task.Task`: it builds the model and the data sets and knows the
+loss and the metrics; the engine's loop (AMP, DDP, EMA, checkpoints, exact resume, progress) and
+evaluation are shared with classification. ``--model`` names the backbone: VMamba's four stages
+feed the head directly, Vim (and plain ViTs) through the simple feature pyramid.
 
     visionssm train --task segmentation --model vmamba_tiny_s1l8 --data shapes --epochs 10 -b 8
     visionssm train --task segmentation --model vmamba_tiny_s1l8 --data /data/ADEChallengeData2016 \\
@@ -15,14 +15,11 @@ classification. ``--model`` names the backbone: VMamba's four stages feed the he
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import time
 
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from torch.utils.data import DataLoader
 
 from visionssm.dense.data import IGNORE_INDEX, SegmentationTransform, collate_detection, create_dense_dataset
 from visionssm.dense.evaluation import evaluate_detection, evaluate_segmentation
@@ -33,15 +30,9 @@ from visionssm.dense.models import (
     load_mmseg_checkpoint,
     segmentation_loss,
 )
-from visionssm.models.checkpoint import CheckpointError, load_state_dict_checked, state_dict_of
-from visionssm.train import (
-    ShardSampler,
-    TransformedDataset,
-    autocast_for,
-    gather_objects,
-    peak_memory_mb,
-    seed_everything,
-)
+from visionssm.engine.distributed import gather_objects, seed_everything
+from visionssm.engine.task import TransformedDataset
+from visionssm.models.checkpoint import CheckpointError
 
 
 def _backbone_kwargs(args: argparse.Namespace, whole_model_file: bool = False) -> dict:
@@ -169,36 +160,3 @@ class DetectionTask:
 
     def describe(self, val: dict) -> str:
         return ", ".join(f"{t} AP {val[f'{t}_AP']:.2f} (AP50 {val[f'{t}_AP50']:.2f})" for t in self.iou_types)
-
-
-TASKS = {"segmentation": SegmentationTask, "detection": DetectionTask}
-
-
-def evaluate_checkpoint(args: argparse.Namespace, ckpt: dict, rank: int, world: int, device) -> int:
-    """``visionssm eval`` of a segmentation or detection checkpoint written by ``visionssm train``."""
-    cfg = argparse.Namespace(**ckpt["config"])
-    cfg.data = args.data or cfg.data
-    cfg.val_num_samples = args.num_samples
-    cfg.eval_mode = args.eval_mode or cfg.eval_mode
-    cfg.eval_stride = args.eval_stride or cfg.eval_stride
-    cfg.pretrained_path = None  # the checkpoint has every weight
-    if args.img_size:
-        cfg.img_size = cfg.crop_size = cfg.min_size = args.img_size
-    task = TASKS[cfg.task](cfg, train=False)
-    if list(task.classes) != list(ckpt["classes"]):
-        raise ValueError(f"--data: the classes of {cfg.data} {task.classes[:6]} are not the checkpoint's "
-                         f"{list(ckpt['classes'])[:6]}")
-    load_state_dict_checked(task.model, state_dict_of(ckpt, args.use_ema, args.checkpoint), args.checkpoint)
-    task.model.to(device)
-    autocast, _ = autocast_for(device, args.amp, args.amp_dtype)
-    loader = DataLoader(task.val_set, batch_size=args.batch_size, sampler=ShardSampler(len(task.val_set), rank, world),
-                        num_workers=args.workers, collate_fn=task.val_collate)
-    t0 = time.time()
-    res = task.evaluate(task.model, loader, device, autocast)
-    res.update(count=len(task.val_set), images_per_s=len(task.val_set) / (time.time() - t0),
-               peak_memory_mb=peak_memory_mb(device))
-    if rank == 0:
-        print(f"{args.checkpoint} on {cfg.data}/val ({res['count']} images): {task.describe(res)}, "
-              f"{res['images_per_s']:.1f} img/s")
-        print(json.dumps(res))
-    return 0
