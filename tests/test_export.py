@@ -85,6 +85,22 @@ def test_scan_onnx_matches_reference_with_standard_ops(tmp_path, groups):
     torch.testing.assert_close(torch.from_numpy(last), last_ref.detach(), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("grouped", ["B", "C"])
+def test_3d_b_or_c_with_a_one_group_other_exports_to_onnx(tmp_path, grouped):
+    needs_onnx()
+    mod = Scan(dim=6, state=4).eval()
+    args = scan_inputs(2, 6, 129, 4)  # 129 steps: two blocks, the last one padded
+    mixed = list(args)  # (u, delta, B, C, z)
+    i = 2 if grouped == "B" else 3
+    mixed[i] = args[i].unsqueeze(1)
+    _, run = run_onnx_scan(mod, tuple(mixed), tmp_path / "scan.onnx")
+    y, last = run(*mixed)
+    with torch.no_grad():
+        y_ref, last_ref = mod(*args)
+    torch.testing.assert_close(torch.from_numpy(y), y_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.from_numpy(last), last_ref, atol=1e-5, rtol=1e-5)
+
+
 def test_scan_onnx_long_sequence_is_finite_and_exact_with_a_dynamic_length(tmp_path):
     # dt ~20x the init (bias +3): |A| * sum(dt) over the sequence is ~1e5, far past where a
     # cumsum formulation's exp overflows float32

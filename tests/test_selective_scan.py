@@ -126,24 +126,6 @@ def test_3d_b_or_c_with_a_one_group_other_is_the_3d_scan(backend, grouped):
         assert_close(g1[k].reshape(g0[k].shape), g0[k], 1e-4, 1e-5, f"grad {k}")
 
 
-@pytest.mark.parametrize("grouped", ["B", "C"])
-def test_3d_b_or_c_with_a_one_group_other_exports_to_onnx(tmp_path, grouped):
-    from test_export import Scan, needs_onnx, run_onnx_scan, scan_inputs  # the ONNX tests' helpers
-
-    needs_onnx()
-    mod = Scan(dim=6, state=4).eval()
-    args = scan_inputs(2, 6, 129, 4)  # 129 steps: two blocks, the last one padded
-    mixed = list(args)  # (u, delta, B, C, z)
-    i = 2 if grouped == "B" else 3
-    mixed[i] = args[i].unsqueeze(1)
-    _, run = run_onnx_scan(mod, tuple(mixed), tmp_path / "scan.onnx")
-    y, last = run(*mixed)
-    with torch.no_grad():
-        y_ref, last_ref = mod(*args)
-    assert_close(torch.from_numpy(y), y_ref, 1e-5, 1e-5, "y")
-    assert_close(torch.from_numpy(last), last_ref, 1e-5, 1e-5, "last state")
-
-
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("sizes", [dict(batch=0), dict(batch=0, groups=2), dict(length=0)],
                          ids=["batch0", "batch0-groups2", "length0"])

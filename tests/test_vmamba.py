@@ -66,7 +66,7 @@ def randomize(model):
 
 
 # ---------------------------------------------------------------------------------------------
-# the official key table, written out from the official layout (reference §2.6)
+# the official key table, written out from the official layout
 
 
 def official_shapes(dims, depths, d_state, ssm_ratio, mlp_ratio, vanilla, num_classes=1000):
