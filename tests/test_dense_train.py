@@ -126,7 +126,7 @@ def test_shapes_on_disk_serve_both_tasks_as_the_builtin_set(tmp_path):
     assert len(det.val_set) == 3 and det.classes == ["ellipse", "triangle", "rectangle", "pentagon"]
 
 
-def test_detection_run_and_eval(tmp_path, capsys):
+def test_detection_run_and_eval(tmp_path, capsys, monkeypatch):
     data = tmp_path / "coco"
     assert cli_main(["shapes", "--out", str(data), "--num-images", "8", "4", "--img-size", "64"]) == 0
     out = tmp_path / "det"
@@ -135,9 +135,14 @@ def test_detection_run_and_eval(tmp_path, capsys):
     r = rows(out)
     assert set(r[0]) >= {"bbox_AP", "bbox_AP50", "bbox_AP75", "ema_bbox_AP"} and "segm_AP" not in r[0]
     capsys.readouterr()
+    from visionssm.engine import evaluate
+
+    batch_sizes, real = [], evaluate.DataLoader
+    monkeypatch.setattr(evaluate, "DataLoader", lambda *a, **k: batch_sizes.append(k["batch_size"]) or real(*a, **k))
     assert cli_main(["eval", "--checkpoint", str(out / "last.pth"), "--num-samples", "4", "--workers", "0"]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res["count"] == 4 and res["bbox_AP"] == pytest.approx(r[0]["bbox_AP"], abs=1e-9)
+    assert batch_sizes == [2]  # the detection default: every image's proposals go through the RoI heads at once
 
 
 def test_clear_errors(tmp_path, monkeypatch, seg_run):

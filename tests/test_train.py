@@ -401,3 +401,14 @@ def test_a_subset_of_a_folder_takes_every_class_and_16_bit_images_keep_their_gre
     assert len(ds) == 12 and len(set(ds.targets)) >= 3
     Image.fromarray(np.full((4, 4), 32768, dtype=np.uint16)).save(tmp_path / "grey16.png")
     assert abs(int(np.asarray(read_image(str(tmp_path / "grey16.png")))[0, 0, 0]) - 128) <= 1
+
+
+def test_plot_draws_the_curves_of_a_run(two_epochs, tmp_path, capsys):
+    out = tmp_path / "curves.png"
+    assert cli_main(["plot", str(two_epochs), "--out", str(out)]) == 0
+    from PIL import Image
+
+    with Image.open(out) as im:
+        assert im.size[0] > 500 and len(im.convert("L").getcolors(maxcolors=256 * 256)) > 10  # drawn, not blank
+    assert cli_main(["plot", str(tmp_path / "nowhere")]) == 2
+    assert "RUN_DIR: expected a run folder" in capsys.readouterr().err

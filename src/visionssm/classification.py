@@ -86,6 +86,7 @@ class ClassificationTask:
     score = "top1"  # the metric that picks best.pth
     fields = ["val_loss", "top1", "top5"]  # evaluate()'s values logged every epoch
     train_collate = val_collate = None
+    eval_batch_size = 128
 
     def __init__(self, args: argparse.Namespace, progress: bool = False, train: bool = True,
                  model: nn.Module | None = None):

@@ -20,6 +20,7 @@ COMMANDS = {
     "eval": ("visionssm.train:evaluate_main", "top-1 / mIoU / box and mask AP of a checkpoint, at any resolution"),
     "shapes": ("visionssm.dense.data:shapes_main", "write the generated shapes set as COCO JSON and mask folders"),
     "predict": ("visionssm.train:predict_main", "the top classes of some images"),
+    "plot": ("visionssm.analysis.curves", "the training curves of a run folder, as a PNG"),
 }
 
 

@@ -75,6 +75,8 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--drop", type=float, default=None, help="dropout rate (model default if unset)")
     g.add_argument("--drop-path", type=float, default=None, help="stochastic depth rate (model default if unset)")
     g.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in the backward pass")
+    g.add_argument("--sync-bn", action="store_true",
+                   help="under DDP, BatchNorm statistics over the global batch (the dense heads' BatchNorm layers)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=positive_int, default=100)
     g.add_argument("-b", "--batch-size", type=positive_int, default=128, help="images per device per step")
@@ -227,7 +229,8 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=positive_int, default=None, help="only N images")
     p.add_argument("--img-size", type=positive_int, default=None, help="evaluate at this resolution")
     p.add_argument("--use-ema", action="store_true", help="the checkpoint's EMA weights")
-    p.add_argument("-b", "--batch-size", type=positive_int, default=128)
+    p.add_argument("-b", "--batch-size", type=positive_int, default=None,
+                   help="images per batch (default: the task's: 128 classification, 8 segmentation, 2 detection)")
     p.add_argument("-j", "--workers", type=nonnegative_int, default=2)
     p.add_argument("--amp", action="store_true")
     p.add_argument("--amp-dtype", default=None, choices=["float16", "bfloat16"])

@@ -21,7 +21,8 @@ import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from visionssm.dense.data import IGNORE_INDEX, SegmentationTransform, collate_detection, create_dense_dataset
+from visionssm.dense.data import create_dense_dataset
+from visionssm.dense.detection_data import collate_detection
 from visionssm.dense.evaluation import evaluate_detection, evaluate_segmentation
 from visionssm.dense.models import (
     build_detector,
@@ -30,6 +31,8 @@ from visionssm.dense.models import (
     load_mmseg_checkpoint,
     segmentation_loss,
 )
+from visionssm.dense.samples import IGNORE_INDEX
+from visionssm.dense.transforms import SegmentationTransform
 from visionssm.engine.distributed import gather_objects, seed_everything
 from visionssm.engine.task import TransformedDataset
 from visionssm.models.checkpoint import CheckpointError
@@ -63,6 +66,7 @@ class SegmentationTask:
     """UperNet (+ FCN auxiliary head) over a backbone; cross-entropy ignoring label 255; mIoU."""
 
     score = "mIoU"
+    eval_batch_size = 8
     fields = ["val_loss", "mIoU", "aAcc", "mAcc"]
     train_collate = None
     val_collate = staticmethod(collate_eval)
@@ -122,6 +126,7 @@ class DetectionTask:
     """torchvision's Mask R-CNN (or Faster R-CNN) with the backbone + FPN; COCO box (and mask) AP."""
 
     score = "bbox_AP"
+    eval_batch_size = 2  # every image's proposals go through the RoI heads at once
     train_collate = val_collate = staticmethod(collate_detection)
 
     def __init__(self, args: argparse.Namespace, progress: bool = False, train: bool = True):

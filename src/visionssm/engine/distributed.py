@@ -89,3 +89,54 @@ def param_digest(model: nn.Module) -> str:
         h.update(name.encode())
         h.update(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training statistics are those of the whole global batch, for CPU processes
+    (gloo); ``torch.nn.SyncBatchNorm`` runs on accelerators only.
+
+    The per-channel sums, sums of squares and counts are all-reduced with the differentiable
+    ``torch.distributed.nn`` collective, so the backward is exact as well. In eval mode, or in one
+    process, it is plain BatchNorm.
+    """
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"input: expected at least 2 dimensions (batch, channels, ...), got {tuple(x.shape)}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        self._check_input_dim(x)
+        c, dims = x.shape[1], [0, *range(2, x.dim())]
+        count = x.new_full((1,), x.numel() / c)
+        stats = all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]))
+        n = stats[-1]
+        mean = stats[:c] / n
+        var = (stats[c:2 * c] / n - mean * mean).clamp_min(0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = self.momentum if self.momentum is not None else 1.0 / self.num_batches_tracked.item()
+                self.running_mean.lerp_(mean.detach(), m)
+                self.running_var.lerp_(var.detach() * n / max(n.item() - 1, 1), m)
+        shape = (1, c) + (1,) * (x.dim() - 2)
+        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        return y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y
+
+
+def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """``--sync-bn``: BatchNorm layers computing their statistics over the global batch of all ranks
+    (``torch.nn.SyncBatchNorm`` on accelerators, :class:`CPUSyncBatchNorm` on CPUs)."""
+    if device.type != "cpu":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if isinstance(model, nn.modules.batchnorm._BatchNorm) and not isinstance(model, CPUSyncBatchNorm):
+        sync = CPUSyncBatchNorm(model.num_features, model.eps, model.momentum, model.affine,
+                                model.track_running_stats)
+        sync.load_state_dict(model.state_dict())
+        return sync.to(next(iter(model.state_dict().values()), torch.empty(0)).device).train(model.training)
+    for name, child in model.named_children():
+        model.add_module(name, convert_sync_batchnorm(child, device))
+    return model

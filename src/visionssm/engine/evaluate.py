@@ -33,7 +33,8 @@ def evaluate_checkpoint(args: argparse.Namespace, train_defaults: dict) -> dict:
         task, where = eval_task(args, train_defaults)
         task.model.to(device).eval()
         autocast, _ = autocast_for(device, args.amp, args.amp_dtype)
-        loader = DataLoader(task.val_set, batch_size=args.batch_size, num_workers=args.workers,
+        batch_size = args.batch_size or getattr(task, "eval_batch_size", 1)
+        loader = DataLoader(task.val_set, batch_size=batch_size, num_workers=args.workers,
                             sampler=ShardSampler(len(task.val_set), rank, world), collate_fn=task.val_collate)
         t0 = time.time()
         res = task.evaluate(task.model, loader, device, autocast)

@@ -34,6 +34,7 @@ from visionssm.engine import checkpoints as files
 from visionssm.engine.distributed import (
     all_sum,
     broadcast_object,
+    convert_sync_batchnorm,
     gather_objects,
     get_rng_state,
     init_distributed,
@@ -144,6 +145,8 @@ class Run:
         if args.grad_checkpointing:
             self.model.set_grad_checkpointing(True)
         self.model.to(device)
+        if args.sync_bn and world > 1:  # statistics over the global batch (mmseg trains UperNet so)
+            self.model = self.raw_model = task.model = convert_sync_batchnorm(self.model, device)
         self.ema = (ModelEmaV3(self.model, decay=args.model_ema_decay, use_warmup=args.model_ema_warmup)
                     if args.model_ema else None)
         opt_kwargs = {k: v for k, v in dict(eps=args.opt_eps, betas=args.opt_betas).items() if v is not None}

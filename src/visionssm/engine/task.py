@@ -43,6 +43,8 @@ class Task(Protocol):
         train_set, val_set: datasets; ``train_collate`` / ``val_collate`` their collate functions (None: default).
         score: the key of :meth:`evaluate`'s result that picks ``best.pth`` (higher is better).
         fields: the keys of :meth:`evaluate`'s result logged every epoch.
+        eval_batch_size: the batch size of ``visionssm eval`` when ``-b`` is not given (one that fits:
+            a detector sends every image's proposals through its RoI heads at once).
     """
 
     model: nn.Module
@@ -54,6 +56,7 @@ class Task(Protocol):
     val_collate: Callable | None
     score: str
     fields: list[str]
+    eval_batch_size: int
 
     def loss(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, int]:
         """(loss, samples in the batch) of one batch, under the caller's autocast."""
