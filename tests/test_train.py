@@ -139,6 +139,8 @@ def test_eval_and_predict_a_checkpoint(two_epochs, tmp_path, capsys):
     assert cli_main(["eval", "--checkpoint", str(two_epochs / "last.pth"), "--num-samples", "32", "--workers", "0",
                      "--img-size", "48", "--use-ema"]) == 0  # position embeddings resampled to 3x3
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["img_size"] == 48
+    assert cli_main(["eval", "--checkpoint", str(two_epochs / "best.pth"), "--split", "train", "--workers", "0"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["count"] == 1497  # digits' training split
 
     from PIL import Image
 

@@ -97,7 +97,7 @@ class ClassificationTask:
         skip = getattr(args, "skip_bad_images", False)
         train_ds = create_dataset(args.data, "train", args.img_size, args.train_num_samples, args.train_split,
                                   seed=args.seed, progress=progress, skip_bad_images=skip) if train else None
-        val_ds = create_dataset(args.data, "val", args.img_size, args.val_num_samples, args.val_split,
+        val_ds = create_dataset(args.data, args.val_split, args.img_size, args.val_num_samples, args.val_split,
                                 classes=train_ds.classes if train else None, seed=args.seed, progress=progress,
                                 skip_bad_images=skip)
         self.classes = list((train_ds or val_ds).classes)
