@@ -1,7 +1,9 @@
 """visionssm bench (models vs resolution): end to end on tiny models, FLOP counts against a hand
-count, failures recorded instead of raised, the crossover, and the bench target dispatch."""
+count, failures recorded instead of raised, the crossover, and the bench target dispatch; the
+isolated-process runner that measures peak memory for the models, scan and dense benchmarks."""
 
 import csv
+import json
 import math
 
 import pytest
@@ -10,15 +12,11 @@ import torch
 
 import visionssm  # noqa: F401  (registers the models)
 from visionssm.bench import models as bench_models
-from visionssm.bench.models import (
-    count_macs,
-    create_model,
-    crossover,
-    model_kind,
-    parse_model,
-    parse_resolution,
-    run_case,
-)
+from visionssm.bench.crossover import crossover
+from visionssm.bench.flops import count_macs
+from visionssm.bench.isolated import run_isolated
+from visionssm.bench.model_case import create_model, model_kind, parse_model
+from visionssm.bench.models import parse_resolution, run_case
 from visionssm.cli import main
 from visionssm.ops.selective_scan import scan_macs
 
@@ -113,9 +111,11 @@ def test_an_out_of_memory_case_is_recorded_not_raised():
     assert row["params_m"] == pytest.approx(11.69, abs=0.01)  # what was known before it ran out is kept
 
 
-def test_an_unsupported_size_is_recorded_not_raised():
+def test_an_unsupported_size_or_kwarg_is_recorded_not_raised():
     row = run_case(_spec(TINY_VIM, 8, 8), time_limit_s=60)
     assert row["status"] == "unsupported" and "img_size" in row["note"]
+    row = run_case(_spec("resnet18:no_such_kwarg=1"), time_limit_s=60)
+    assert row["status"] == "unsupported" and "no_such_kwarg" in row["note"]
 
 
 def test_failures_skip_the_larger_sizes_and_are_marked(tmp_path, monkeypatch, capsys):
@@ -202,3 +202,23 @@ def test_defaults_name_real_models():
     for name in bench_models.DEFAULT_MODELS + bench_models.FULL_MODELS:
         assert timm.is_model(name), name
     assert all(math.prod(parse_resolution(r)) > 0 for r in bench_models.FULL_RESOLUTIONS)
+
+
+def test_the_scan_benchmark_measures_peak_memory_in_a_fresh_process():
+    from visionssm.bench.scan import isolated_peak_mb
+
+    peak = isolated_peak_mb("torch", (1, 8, 5, 2), "fb")
+    assert peak >= 0 and not math.isnan(peak)
+    row = run_isolated("visionssm.bench.scan:memory_case", dict(impl="no_such_backend", size=[1, 8, 5, 2],
+                                                                mode="fwd"), time_limit_s=60)
+    assert row["status"] == "unsupported" and "no_such_backend" in row["note"] and "peak_mb" not in row
+
+
+def test_bench_dense_memory_records_a_row_per_case(tmp_path):
+    assert main(["bench", "dense", "memory", "--resolutions", "64", "--backbones", "resnet18", "no_such_model",
+                 "--out", str(tmp_path)]) == 0
+    ok, bad = json.loads((tmp_path / "memory.json").read_text())["rows"]
+    assert ok["backbone"] == "resnet18" and ok["res"] == 64
+    assert ok["params_m"] > 0 and ok["peak_mb"] >= 0 and ok["forward_s"] > 0
+    assert bad["backbone"] == "no_such_model" and "no_such_model" in bad["error"]
+    assert "| resnet18 | 64 |" in (tmp_path / "memory.md").read_text()

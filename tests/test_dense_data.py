@@ -14,20 +14,12 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from visionssm.data import DataError
-from visionssm.dense.data import (
-    ADE20K,
-    ADE20K_CLASSES,
-    SHAPES_CLASSES,
-    CocoDetection,
-    SegmentationFolder,
-    SegmentationTransform,
-    ShapesDetection,
-    ShapesSegmentation,
-    collate_detection,
-    create_dense_dataset,
-    shapes_sample,
-    write_shapes_coco,
-)
+from visionssm.dense.data import create_dense_dataset
+from visionssm.dense.detection_data import CocoDetection, collate_detection
+from visionssm.dense.segmentation_data import ADE20K, ADE20K_CLASSES, SegmentationFolder
+from visionssm.dense.shapes import SHAPES_CLASSES, ShapesDetection, ShapesSegmentation, shapes_sample
+from visionssm.dense.shapes_files import write_shapes_coco
+from visionssm.dense.transforms import SegmentationTransform
 
 # pycocotools' mask decoding trips a NumPy 2 deprecation notice inside pycocotools itself
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

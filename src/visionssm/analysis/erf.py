@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from visionssm.engine import models as engine
+
 DEFAULT_MODELS = ["resnet50", "convnext_tiny", "deit_small_patch16_224", "vim_tiny_patch16_224", "vmamba_tiny_s1l8"]
 # photographs that scikit-image ships inside its wheel (read from its data folder: nothing is downloaded)
 SAMPLE_FILES = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
@@ -78,23 +80,11 @@ def load_images(paths, size: int, mean, std) -> torch.Tensor:
 
 
 def create_model(name: str, size: int, checkpoint: str | None = None) -> torch.nn.Module:
-    """timm's create_model at ``size`` where the model takes an img_size; weights from ``checkpoint``
-    (a file, loaded as timm's ``pretrained_cfg_overlay=dict(file=...)`` does) or random."""
-    import timm
-
-    import visionssm  # noqa: F401  (registers the models)
-
-    kwargs = dict(pretrained=checkpoint is not None)
-    if checkpoint is not None:
-        if not Path(checkpoint).is_file():
-            raise ValueError(f"--checkpoint: no such file {checkpoint!r}")
-        kwargs["pretrained_cfg_overlay"] = dict(file=str(checkpoint))
-    try:
-        return timm.create_model(name, img_size=size, **kwargs)
-    except TypeError as e:
-        if "img_size" not in str(e):
-            raise
-        return timm.create_model(name, **kwargs)  # convolutional: any size
+    """The model at ``size`` where it takes an img_size; weights from ``checkpoint`` (a file, loaded
+    as timm's ``pretrained_cfg_overlay=dict(file=...)`` does) or random."""
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise ValueError(f"--checkpoint: no such file {checkpoint!r}")
+    return engine.create_model(name, img_size=size, pretrained_path=checkpoint)
 
 
 def last_feature_map(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -1,11 +1,12 @@
-"""Dense-prediction benchmarks of docs/benchmarks.md.
+"""Dense-prediction benchmarks: segmentation memory against resolution, short trainings on generated data.
 
     visionssm bench dense memory [--resolutions 512 1024 2048] [--backbones ...]
     visionssm bench dense train [--tasks seg-vmamba seg-vim det-vmamba] [--epochs N]
 
 ``memory``: the UperNet segmentation model (batch 1, 150 classes as for ADE20K, inference under
 no_grad) over VMamba-T and timm's ConvNeXt-T and Swin-T backbones at each resolution, each case in
-a fresh process: peak resident memory above the process's baseline, and the time of one forward.
+a fresh process: the peak memory of one forward above what is resident before it (the resident-set
+growth, :mod:`visionssm.bench.isolated`), and the time of that forward.
 ``train``: short CPU trainings on the generated ``shapes`` data (UperNet with a tiny VMamba and a
 tiny Vim; Mask R-CNN with a tiny VMamba), through ``visionssm train``; mIoU / box and mask AP and
 the wall time.
@@ -16,10 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
+from visionssm.bench.isolated import run_isolated
 from visionssm.bench.machine import describe
 
 BACKBONES = ("vmamba_tiny_s1l8", "convnext_tiny", "swin_tiny_patch4_window7_224")
@@ -39,11 +40,11 @@ TRAIN_CASES = {  # name -> (task, family, extra flags)
 }
 
 
-def memory_case(backbone: str, res: int, num_classes: int = 150) -> dict:
-    """Run in a child process: build the segmentor, one warm-up at 64 px, then one forward at res."""
+def memory_case(child, backbone: str, res: int, num_classes: int = 150):
+    """Run in a fresh process: build the segmentor, warm it up at 64 px; the forward at ``res`` is
+    the measured call."""
     import torch
 
-    from visionssm.bench.machine import resident_peak_mb
     from visionssm.dense.models import build_segmentor
 
     torch.manual_seed(0)
@@ -51,27 +52,24 @@ def memory_case(backbone: str, res: int, num_classes: int = 150) -> dict:
     x = torch.randn(1, 3, res, res)
     with torch.no_grad():
         model(torch.randn(1, 3, 64, 64))
-        t0 = time.perf_counter()
-        peak = resident_peak_mb(lambda: model(x))
-        seconds = time.perf_counter() - t0
-    params = sum(p.numel() for p in model.parameters()) / 1e6
-    return dict(backbone=backbone, res=res, params_m=params, peak_mb=peak, forward_s=seconds)
+    child.emit(params_m=sum(p.numel() for p in model.parameters()) / 1e6)
+
+    def forward():
+        with torch.no_grad():
+            model(x)
+    return forward
 
 
 def run_memory(args) -> list[dict]:
     rows = []
     for res in args.resolutions:
         for backbone in args.backbones:
-            cmd = [sys.executable, "-m", "visionssm.bench.dense", "_memory_case", backbone, str(res)]
-            try:
-                out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.time_limit)
-                lines = out.stdout.strip().splitlines()
-                row = (json.loads(lines[-1]) if out.returncode == 0 and lines else
-                       dict(backbone=backbone, res=res, error=(out.stderr.strip().splitlines() or ["?"])[-1]))
-                if out.returncode < 0 or out.returncode == 137:
-                    row["error"] = f"killed (signal {-out.returncode}, likely out of memory)"
-            except subprocess.TimeoutExpired:
-                row = dict(backbone=backbone, res=res, error=f"over the {args.time_limit:.0f} s limit")
+            got = run_isolated("visionssm.bench.dense:memory_case", dict(backbone=backbone, res=res), args.time_limit)
+            row = dict(backbone=backbone, res=res)
+            if got["status"] == "ok":
+                row.update(params_m=got["params_m"], peak_mb=got["peak_mb"], forward_s=got["measured_s"])
+            else:
+                row["error"] = got.get("note") or got["status"]
             rows.append(row)
             print(json.dumps(row), flush=True)
     return rows
@@ -135,10 +133,6 @@ def train_table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["_memory_case"]:  # the child process of run_memory
-        print(json.dumps(memory_case(argv[1], int(argv[2]))))
-        return 0
     p = argparse.ArgumentParser(prog="visionssm bench dense", description=__doc__.split("\n\n")[0])
     p.add_argument("what", choices=("memory", "train"))
     p.add_argument("--resolutions", type=int, nargs="+", default=[512, 1024, 2048])

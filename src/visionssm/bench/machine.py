@@ -1,10 +1,9 @@
-"""What benchmarks need of the machine: a one-line description and the resident-memory peak of a call."""
+"""What benchmarks need of the machine: a one-line description, and its memory figures from /proc."""
 
 from __future__ import annotations
 
 import os
 import platform
-import resource
 
 import torch
 
@@ -34,21 +33,15 @@ def describe(device: str = "cpu") -> str:
     return ", ".join(parts)
 
 
-def status_kb(field: str) -> int:
-    """A field of /proc/self/status (VmRSS, VmHWM, VmSize, ...) in kB; Linux only."""
-    with open("/proc/self/status") as f:
+def status_kb(field: str, path: str = "/proc/self/status") -> int:
+    """A field of /proc/self/status (VmRSS, VmHWM, VmSize, ...) or of ``path`` (/proc/meminfo) in kB; Linux only."""
+    with open(path) as f:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
-def resident_peak_mb(fn) -> float:
-    """Growth of the resident set during one call of ``fn`` over what was resident before it."""
-    try:  # Linux: "5" resets the peak resident set (VmHWM) to the current one
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        base = status_kb("VmRSS")
-        fn()
-        return (status_kb("VmHWM") - base) / 1024
-    except OSError:  # elsewhere: the lifetime peak, which includes start-up
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        fn()
-        return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+def available_mb() -> float | None:
+    """The memory the system can give without swapping (MemAvailable), or None where it does not say."""
+    try:
+        return status_kb("MemAvailable", "/proc/meminfo") / 1024
+    except (OSError, StopIteration):
+        return None

@@ -3,8 +3,9 @@
 For each size it times the forward (no grad) and forward+backward of every backend, and in the
 same run the baselines: the reference loop, bare ``torch.exp`` over batch*dim*length*state
 elements (one exp per state update is the bulk of this operator's work on a CPU), and mambapy's
-parallel scan when that package is installed. Peak memory is the growth of the resident set of a
-fresh process per (size, backend, mode), so cases do not pollute each other.
+parallel scan when that package is installed. Peak memory is measured in a fresh process per
+(size, backend, mode), so cases do not pollute each other: the resident-set growth of one call
+(:mod:`visionssm.bench.isolated`).
 
     visionssm bench scan [--out DIR] [--sizes 1x384x197x16 ...] [--no-memory]
 """
@@ -12,18 +13,16 @@ fresh process per (size, backend, mode), so cases do not pollute each other.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import math
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import torch
 
-from visionssm.bench.machine import describe, resident_peak_mb
+from visionssm.bench import report
+from visionssm.bench.isolated import run_isolated
+from visionssm.bench.machine import describe
+from visionssm.bench.measure import best_time
 from visionssm.ops import available_backends, selective_scan
 
 SIZES = ["1x384x197x16", "8x384x197x16", "1x384x4097x16", "1x192x16384x16"]
@@ -43,15 +42,21 @@ def parse_size(text: str) -> tuple[int, int, int, int]:
     return b, d, length, n
 
 
-def make_inputs(b, d, length, n, requires_grad=False, seed=0):
-    """Inputs as at Mamba's initialisation: dt in [1e-3, 0.1] log-uniform, A = -(1..N), z gate, D skip."""
-    g = torch.Generator().manual_seed(seed)
-    dt = torch.exp(torch.empty(d).uniform_(math.log(1e-3), math.log(0.1), generator=g))
-    t = dict(u=torch.randn(b, d, length, generator=g), delta=0.5 * torch.randn(b, d, length, generator=g),
-             A=-torch.arange(1, n + 1, dtype=torch.float32).repeat(d, 1), B=torch.randn(b, n, length, generator=g),
-             C=torch.randn(b, n, length, generator=g), D=torch.ones(d), z=torch.randn(b, d, length, generator=g),
+def make_inputs(batch, dim, length, state, groups=None, gate=True, device="cpu", requires_grad=False, seed=0):
+    """Inputs as at Mamba's initialisation: dt in [1e-3, 0.1] log-uniform (through delta_bias),
+    A = -(1..N), D = 1; B and C (batch, state, length), or (batch, groups, state, length) with
+    ``groups``; z, the gate, unless ``gate`` is False (None then). Drawn on ``device``."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    bc = (batch, state, length) if groups is None else (batch, groups, state, length)
+    dt = torch.exp(torch.empty(dim, device=device).uniform_(math.log(1e-3), math.log(0.1), generator=g))
+    t = dict(u=torch.randn(batch, dim, length, device=device, generator=g),
+             delta=0.5 * torch.randn(batch, dim, length, device=device, generator=g),
+             A=-torch.arange(1, state + 1, dtype=torch.float32, device=device).repeat(dim, 1),
+             B=torch.randn(*bc, device=device, generator=g), C=torch.randn(*bc, device=device, generator=g),
+             D=torch.ones(dim, device=device),
+             z=torch.randn(batch, dim, length, device=device, generator=g) if gate else None,
              delta_bias=dt + torch.log(-torch.expm1(-dt)))
-    return {k: v.requires_grad_(requires_grad) for k, v in t.items()}
+    return {k: (v.requires_grad_(requires_grad) if v is not None else None) for k, v in t.items()}
 
 
 def run_scan(backend, inp):
@@ -92,37 +97,25 @@ def step(impl, size, mode):
     return fn
 
 
-def best_time(fn, budget_s=2.0, min_reps=3, max_reps=20):
-    fn()  # warm-up (JIT compilation, first-touch of buffers)
-    times, start = [], time.perf_counter()
-    while len(times) < min_reps or (time.perf_counter() - start < budget_s and len(times) < max_reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
-
-
 def exp_time(n_elements):
     x = torch.rand(n_elements) * -5
     out = torch.empty_like(x)
     return best_time(lambda: torch.exp(x, out=out))
 
 
-def peak_memory_mb(impl, size, mode):
-    """Resident-set growth of one fwd / fb call, measured in a fresh process."""
-    code = ("import sys, json; from visionssm.bench.scan import _memory_child; "
-            "print(json.dumps(_memory_child(*json.loads(sys.argv[1]))))")
-    res = subprocess.run([sys.executable, "-c", code, json.dumps([impl, list(size), mode])],
-                         capture_output=True, text=True, timeout=600)
-    if res.returncode != 0:
-        return float("nan")
-    return json.loads(res.stdout.strip().splitlines()[-1])
-
-
-def _memory_child(impl, size, mode):
+def memory_case(child, impl, size, mode):
+    """Run in a fresh process: the call whose peak memory is measured, after one on a tiny size
+    has paid for JIT compilation and lazy initialisation."""
     fn = step(impl, tuple(size), mode)
-    step(impl, (1, 4, 3, 2), mode)()  # JIT compilation and lazy initialisation, on a tiny size
-    return resident_peak_mb(fn)
+    step(impl, (1, 4, 3, 2), mode)()
+    return fn
+
+
+def isolated_peak_mb(impl, size, mode) -> float:
+    """Peak memory of one fwd / fb call in a fresh process (nan when it failed)."""
+    row = run_isolated("visionssm.bench.scan:memory_case", dict(impl=impl, size=list(size), mode=mode),
+                       time_limit_s=600)
+    return row["peak_mb"] if row["status"] == "ok" else float("nan")
 
 
 def input_megabytes(b, d, length, n):
@@ -172,8 +165,8 @@ def main(argv=None):
                        mambapy_over_fwd=times["mambapy", "fwd"] / fwd if ("mambapy", "fwd") in times else None,
                        input_mb=input_megabytes(*size))
             if not args.no_memory and impl in backends + peers:
-                row["peak_fwd_mb"] = peak_memory_mb(impl, size, "fwd")
-                row["peak_fb_mb"] = peak_memory_mb(impl, size, "fb")
+                row["peak_fwd_mb"] = isolated_peak_mb(impl, size, "fwd")
+                row["peak_fb_mb"] = isolated_peak_mb(impl, size, "fb")
                 row["peak_fb_over_inputs"] = row["peak_fb_mb"] / row["input_mb"]
             rows.append(row)
             print(format_row(row), flush=True)
@@ -187,28 +180,14 @@ COLUMNS = [("size", "B x D x L x N"), ("impl", "impl"), ("fwd_ms", "fwd ms"), ("
            ("peak_fwd_mb", "peak fwd MB"), ("peak_fb_mb", "peak fb MB"), ("peak_fb_over_inputs", "fb peak/inputs")]
 
 
-def _fmt(v):
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return "nan" if math.isnan(v) else (f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}")
-    return str(v)
-
-
 def format_row(row):
-    return "  ".join(f"{title}={_fmt(row.get(key))}" for key, title in COLUMNS if row.get(key) is not None)
+    return report.format_row(row, COLUMNS)
 
 
 def write_results(rows, machine, out: Path):
     out.mkdir(parents=True, exist_ok=True)
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    with open(out / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
-    lines = [f"Machine: {machine}", "", "| " + " | ".join(t for _, t in COLUMNS) + " |",
-             "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_fmt(r.get(k)) for k, _ in COLUMNS) + " |" for r in rows]
+    report.write_csv(rows, out / "results.csv")
+    lines = [f"Machine: {machine}", "", *report.markdown_table(rows, COLUMNS)]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out / 'results.csv'} and {out / 'results.md'}")
 

@@ -40,6 +40,9 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from visionssm.engine.models import create_model
+from visionssm.models.checkpoint import read_checkpoint, state_dict_of
+
 __all__ = [
     "BackboneWithFPN", "ConvBNReLU", "FCNHead", "HierarchicalBackbone", "PlainBackbone", "Segmentor",
     "SimpleFeaturePyramid", "UperNetHead", "build_backbone", "build_detector", "build_segmentor",
@@ -56,24 +59,6 @@ def _check_image(x: torch.Tensor, name: str = "x") -> None:
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"{name}: expected an image batch of shape (batch, channels, height, width), got {shape}")
-
-
-def _create_timm_model(name: str, optional: dict, **kwargs) -> nn.Module:
-    """``timm.create_model(name, **optional, **kwargs)``, dropping each optional argument the model refuses.
-
-    Options such as ``img_size`` or ``dynamic_img_size`` only exist for some models; a model without
-    one raises ``TypeError: ... unexpected keyword argument 'img_size'`` before building anything.
-    """
-    optional = dict(optional)
-    while True:
-        try:
-            return timm.create_model(name, **optional, **kwargs)
-        except TypeError as e:
-            refused = [k for k in optional if f"'{k}'" in str(e)]
-            if not refused:
-                raise
-            for k in refused:
-                optional.pop(k)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,7 +244,7 @@ def build_backbone(name: str, img_size: int | None = None, out_indices=None, pyr
 
 def _build_plain(name: str, optional: dict, out_indices, pyramid_channels: int | None, kwargs: dict) -> nn.Module:
     kwargs.setdefault("num_classes", 0)  # (features_only models drop their head themselves)
-    body = _create_timm_model(name, optional, **kwargs)
+    body = create_model(name, model_kwargs=kwargs, optional=optional)
     if not hasattr(body, "forward_intermediates") or not hasattr(getattr(body, "patch_embed", None), "proj"):
         raise ValueError(f"name: {name!r} has no forward_intermediates / patch_embed.proj; it cannot give "
                          "a 4-level pyramid")
@@ -287,7 +272,7 @@ def _build_hierarchical(name: str, optional: dict, out_indices, kwargs: dict) ->
     if out_indices is not None:
         kwargs["out_indices"] = tuple(out_indices)
     try:
-        body = _create_timm_model(name, optional, features_only=True, **kwargs)
+        body = create_model(name, model_kwargs=dict(kwargs, features_only=True), optional=optional)
     except (RuntimeError, AssertionError) as e:  # timm's message for models without feature extraction
         if "feature" not in str(e):
             raise
@@ -607,13 +592,8 @@ def build_detector(backbone: str, num_classes: int, kind: str = "mask_rcnn", img
 
 
 def _read_state_dict(path: str) -> dict:
-    from visionssm.models.vmamba import load_checkpoint_file  # weights_only, with its clear errors
-
-    sd = load_checkpoint_file(path)
-    for key in ("state_dict", "model"):  # mmengine saves {'state_dict': ..., 'meta': ...}
-        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
-            return sd[key]
-    return sd
+    # mmengine saves {'state_dict': ..., 'meta': ...}, which state_dict_of unwraps
+    return state_dict_of(read_checkpoint(path), path=path)
 
 
 def is_mmseg_checkpoint(path: str) -> bool:
