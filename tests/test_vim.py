@@ -341,6 +341,92 @@ def test_checkpoint_at_other_resolution_and_without_class_token(tmp_path):
     assert torch.equal(seg.pos_embed, torch.cat([pe[:, :2], pe[:, 3:]], 1))
 
 
+SOURCES = {  # how a checkpoint of each class-token layout says which it is
+    "middle": dict(kwargs={}, extra={}),  # the official model name in args.model
+    "head": dict(kwargs=dict(cls_position="head"),  # the model kwargs this library's trainer records
+                 extra=dict(model_name="vim_tiny_patch16_224",
+                            config={"model": "vim_tiny_patch16_224", "model_kwargs": {"cls_position": "head"}})),
+    "none": dict(kwargs=dict(class_token=False), extra={}),
+}
+TARGETS = {"middle": {}, "head": dict(cls_position="head"), "none": dict(class_token=False)}
+
+
+def split_pos_embed(pe, layout):
+    """(class slot or None, patch part) of a (1, tokens, C) pos_embed, by hand."""
+    if layout == "none":
+        return None, pe
+    i = (pe.shape[1] - 1) // 2 if layout == "middle" else 0
+    return pe[:, i], torch.cat([pe[:, :i], pe[:, i + 1:]], 1)
+
+
+@pytest.mark.parametrize("img_size", [32, 64])  # the source's 2x2 grid, and a 4x4 grid
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("source", SOURCES)
+def test_checkpoint_pos_embed_follows_the_class_position(tmp_path, source, target, img_size):
+    """The class slot moves to the model's class position (same grid or not); patches keep their positions."""
+    src = tiny(seed=3, **SOURCES[source]["kwargs"])
+    with torch.no_grad():  # distinct rows, so a misplaced slot cannot go unnoticed
+        src.pos_embed.copy_(torch.randn(src.pos_embed.shape, generator=torch.Generator().manual_seed(5)))
+    path = str(save_official(tmp_path / "src.pth", src, **SOURCES[source]["extra"]))
+    load = dict(pretrained=True, pretrained_cfg_overlay=dict(file=path), img_size=img_size, **TARGETS[target])
+    if source == "none" and target != "none":
+        with pytest.raises(ValueError, match="no class token.*class_token=False"):
+            tiny(**load)
+        return
+    model = tiny(**load)
+    src_cls, src_patches = split_pos_embed(src.pos_embed.detach(), source)
+    cls, patches = split_pos_embed(model.pos_embed.detach(), target)
+    if img_size != 32:  # bicubic, as the official fine-tuning code resamples
+        grid = src_patches.reshape(1, 2, 2, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=(4, 4), mode="bicubic", align_corners=False)
+        src_patches = grid.permute(0, 2, 3, 1).reshape(1, 16, -1)
+    assert torch.allclose(patches, src_patches, atol=1e-6)
+    if target != "none":
+        assert torch.equal(cls, src_cls) and torch.equal(model.cls_token, src.cls_token)
+    if img_size == 32 and target != "none":
+        # what the blocks see: every patch and the class token embedded exactly as in the source
+        x = image(1, 3, 32, 32)
+        with torch.no_grad():
+            want_patches, want_cls = model_tokens(src, x, source)
+            got_patches, got_cls = model_tokens(model, x, target)
+        assert torch.equal(got_patches, want_patches) and torch.equal(got_cls, want_cls)
+
+
+def model_tokens(model, x, layout):
+    tokens = model._embed(x)
+    i = (tokens.shape[1] - 1) // 2 if layout == "middle" else 0
+    return torch.cat([tokens[:, :i], tokens[:, i + 1:]], 1), tokens[:, i]
+
+
+def test_checkpoint_class_position_is_told_by_the_checkpoint_or_the_caller(tmp_path):
+    head = tiny(seed=3, cls_position="head")
+    sd = {k: v.clone() for k, v in head.state_dict().items()}
+    pe = sd["pos_embed"]
+    middle = tiny()
+    relaid = torch.cat([pe[:, 1:3], pe[:, :1], pe[:, 3:]], 1)  # class slot from index 0 to 4 // 2
+    # by the caller (a bare state dict says nothing)
+    assert torch.equal(checkpoint_filter_fn(sd, middle, source_cls_position="head")["pos_embed"], relaid)
+    assert torch.equal(checkpoint_filter_fn(sd, middle)["pos_embed"], pe)  # default: the official middle
+    # by the model kwargs a training run recorded: timm's train.py (args) or visionssm's (config)
+    for ckpt in ({"model": sd, "args": argparse.Namespace(model="vim_tiny_patch16_224",
+                                                           model_kwargs={"cls_position": "head"})},
+                 {"model": sd, "config": {"model": "vim_tiny_patch16_224", "model_kwargs": {"cls_position": "head"}}}):
+        assert torch.equal(checkpoint_filter_fn(ckpt, middle)["pos_embed"], relaid)
+    # by the official model name
+    official = {"model": sd, "args": argparse.Namespace(
+        model="vim_tiny_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2")}
+    assert torch.equal(checkpoint_filter_fn(official, tiny(cls_position="head"))["pos_embed"],
+                       torch.cat([pe[:, 2:3], pe[:, :2], pe[:, 3:]], 1))
+    # and through the file loader
+    path = tmp_path / "head.pth"
+    torch.save({"model": sd}, path)
+    model = tiny()
+    model.load_pretrained(str(path), source_cls_position="head")
+    assert torch.equal(model.pos_embed.detach(), relaid)
+    with pytest.raises(ValueError, match="source_cls_position: expected one of.*got 'tail'"):
+        checkpoint_filter_fn(sd, middle, source_cls_position="tail")
+
+
 def test_stride_mismatch_is_refused(tmp_path):
     kw = dict(embed_dim=16, depth=1, img_size=224, scan_backend="reference")
     with torch.device("meta"):

@@ -4,7 +4,10 @@ Zhu et al., "Vision Mamba: Efficient Visual Representation Learning with Bidirec
 Space Model", ICML 2024 (arXiv:2401.09417); official code and weights: https://github.com/hustvl/Vim.
 
 The state-dict keys and shapes equal the official ones, so a released checkpoint loads as is:
+``pretrained=True`` downloads it from the Hugging Face Hub (``hustvl/Vim-{tiny,small}-midclstok``)
+into the Hugging Face cache, and a local copy loads offline:
 
+    model = timm.create_model("vim_tiny_patch16_224", pretrained=True)
     model = timm.create_model("vim_tiny_patch16_224", pretrained=True,
                               pretrained_cfg_overlay=dict(file="vim_t_midclstok_76p1acc.pth"))
 
@@ -469,15 +472,16 @@ class VisionMamba(nn.Module):
     # --- checkpoints ------------------------------------------------------------------------
 
     @torch.jit.ignore
-    def load_pretrained(self, checkpoint_path: str) -> None:
+    def load_pretrained(self, checkpoint_path: str, source_cls_position: str = "auto") -> None:
         """Load a checkpoint file as released (timm calls this for ``pretrained_cfg_overlay=dict(file=...)``).
 
         Takes ``ckpt['model']`` (the weights the official evaluation uses, not ``model_ema``), strips a
-        ``module.`` prefix, resamples position embeddings, adapts the first conv to ``in_chans``
-        and drops the head when its shape differs (a new ``num_classes``). Any other missing or
-        unexpected key is a ValueError that lists them.
+        ``module.`` prefix, re-lays-out the position embeddings for this model's grid and class
+        position (the checkpoint's: ``source_cls_position``, see :func:`checkpoint_filter_fn`),
+        adapts the first conv to ``in_chans`` and drops the head when its shape differs (a new
+        ``num_classes``). Any other missing or unexpected key is a ValueError that lists them.
         """
-        state_dict = checkpoint_filter_fn(load_checkpoint_file(checkpoint_path), self)
+        state_dict = checkpoint_filter_fn(load_checkpoint_file(checkpoint_path), self, source_cls_position)
         own = self.state_dict()
         key = "patch_embed.proj.weight"
         if key in state_dict and state_dict[key].shape[1] != self.in_chans:
@@ -541,18 +545,58 @@ def _source_stride(args, state_dict: dict, model: VisionMamba) -> tuple[int | No
     return None, ""
 
 
-def checkpoint_filter_fn(state_dict: dict, model: VisionMamba, source_cls_position: str = "middle") -> dict:
+_SOURCE_CLS_POSITIONS = ("auto", *_CLS_POSITIONS)
+
+
+def _model_kwargs(ckpt: dict) -> dict:
+    """The model kwargs a training run recorded: timm's ``args.model_kwargs`` or this library's
+    ``config['model_kwargs']``; empty when there are none."""
+    args, config = ckpt.get("args"), ckpt.get("config")
+    kwargs = getattr(args, "model_kwargs", None)
+    if not isinstance(kwargs, dict) and isinstance(config, dict):
+        kwargs = config.get("model_kwargs")
+    return kwargs if isinstance(kwargs, dict) else {}
+
+
+def _source_cls_position(ckpt: dict, state_dict: dict, requested: str) -> tuple[str | None, str]:
+    """Where the checkpoint's class token sits in its ``pos_embed`` ('middle', 'head', or None when
+    it has no class token), and how we know."""
+    if "cls_token" not in state_dict:
+        return None, "the checkpoint has no cls_token"
+    if requested != "auto":
+        return requested, f"source_cls_position={requested!r}"
+    name = getattr(ckpt.get("args"), "model", None)
+    if isinstance(name, str) and ("midclstok" in name or "middle_cls_token" in name):
+        return "middle", f"args.model={name!r}"  # the official models' names say so
+    recorded = _model_kwargs(ckpt).get("cls_position")
+    if recorded in _CLS_POSITIONS:
+        return recorded, f"model_kwargs cls_position={recorded!r} recorded in the checkpoint"
+    # every released checkpoint, and this library's default
+    return "middle", "the default (official) middle layout"
+
+
+def checkpoint_filter_fn(state_dict: dict, model: VisionMamba, source_cls_position: str = "auto") -> dict:
     """Adapt an official Vim checkpoint (or its ``['model']`` dict) to ``model``.
 
     * unwraps ``{'model': ...}`` / ``{'state_dict': ...}`` and strips a ``module.`` prefix;
     * refuses a checkpoint of another patch stride (Vim's "+" models are stride 8) with a message,
       instead of silently resampling a 27x27 grid onto 14x14;
-    * resamples ``pos_embed`` when its size differs from the model's: the source class slot is at
-      ``source_cls_position`` ('middle' for every released model), the target layout is the
-      model's, and the slot is dropped for a model without class token;
-    * drops ``cls_token`` / ``pos_embed`` when the model has none.
+    * re-lays-out ``pos_embed`` whenever the checkpoint's layout differs from the model's: its
+      class slot is moved from the checkpoint's class position to the model's (or dropped for a
+      model without class token), and the patch part is resampled when the grid differs;
+    * drops ``cls_token`` / ``pos_embed`` when the model has none, and refuses a checkpoint
+      without class token for a model that needs one (a class token is never made up).
+
+    The checkpoint's class position: ``source_cls_position`` when given ('middle' or 'head');
+    with "auto", the official model name in ``args.model`` ('midclstok'), else a ``cls_position``
+    in the model kwargs the training run recorded, else 'middle', the layout of every released
+    checkpoint and of this library's models by default.
     """
-    args = state_dict.get("args") if isinstance(state_dict, dict) else None
+    if source_cls_position not in _SOURCE_CLS_POSITIONS:
+        raise ValueError(f"source_cls_position: expected one of {_SOURCE_CLS_POSITIONS}, "
+                         f"got {source_cls_position!r}")
+    ckpt = state_dict if isinstance(state_dict, dict) else {}
+    args = ckpt.get("args")
     for key in ("model", "state_dict"):
         if isinstance(state_dict.get(key), dict):
             state_dict = state_dict[key]
@@ -567,38 +611,47 @@ def checkpoint_filter_fn(state_dict: dict, model: VisionMamba, source_cls_positi
                          f"stride {stride}; build the matching model (vim_*_patch16_stride8_224 for the "
                          "'+' / '_ft_' checkpoints, vim_*_patch16_224 otherwise)")
 
-    # the source has a class slot in pos_embed exactly when it has a class token
-    src_cls = source_cls_position if "cls_token" in state_dict else None
-    if model.cls_token is None:
+    # the checkpoint's pos_embed has a class slot exactly when it has a class token
+    src_cls, src_how = _source_cls_position(ckpt, state_dict, source_cls_position)
+    dst_cls = model.cls_position if model.cls_token is not None else None
+    if dst_cls is not None and src_cls is None:
+        raise ValueError("checkpoint: has no class token (no 'cls_token' key) but the model has one; "
+                         "build the model with class_token=False")
+    if dst_cls is None:
         state_dict.pop("cls_token", None)
     pe = state_dict.get("pos_embed")
     if pe is not None and model.pos_embed is None:
         state_dict.pop("pos_embed")
-    elif pe is not None and pe.shape != model.pos_embed.shape:
-        n = pe.shape[1] - (src_cls is not None)
+    elif pe is not None:
+        grid = model.patch_embed.grid_size
+        n = pe.shape[1] - (src_cls is not None) if pe.dim() == 3 else -1
         if n == model.patch_embed.num_patches:
-            old_grid = model.patch_embed.grid_size
-        elif math.isqrt(n) ** 2 == n:
+            old_grid = grid
+        elif n > 0 and math.isqrt(n) ** 2 == n:
             old_grid = (math.isqrt(n), math.isqrt(n))
         else:
-            raise ValueError(f"checkpoint: pos_embed of shape {tuple(pe.shape)} is neither a square grid "
-                             f"nor the model's {model.patch_embed.grid_size} grid (plus a class slot)")
-        dst_cls = model.cls_position if model.cls_token is not None else None
-        if dst_cls is not None and src_cls is None:
-            raise ValueError("checkpoint: has no class token but the model has one; "
-                             "build it with class_token=False")
-        state_dict["pos_embed"] = resample_pos_embed(pe, model.patch_embed.grid_size, old_grid,
-                                                     src_cls, dst_cls)
+            raise ValueError(f"checkpoint: pos_embed of shape {tuple(pe.shape)} is neither a square grid nor "
+                             f"the model's {grid} grid{' plus a class slot' if src_cls else ''} "
+                             f"(class token: {src_how})")
+        if old_grid != grid or src_cls != dst_cls:
+            state_dict["pos_embed"] = resample_pos_embed(pe, grid, old_grid, src_cls, dst_cls)
     return state_dict
 
 
 def _create_vim(variant: str, pretrained: bool = False, **kwargs) -> VisionMamba:
     out_indices = kwargs.pop("out_indices", 3)
     overlay = kwargs.get("pretrained_cfg_overlay")
-    if overlay and overlay.get("file") and "custom_load" not in overlay:
-        # timm switches custom_load off for a user-supplied file and would then take model_ema from
-        # an official checkpoint; the official evaluation (and its reported accuracy) uses 'model'
-        kwargs["pretrained_cfg_overlay"] = {**overlay, "custom_load": True}
+    if overlay and "custom_load" not in overlay:
+        # timm switches custom_load off when the overlay names a weight source, and would then take
+        # model_ema from an official checkpoint; the official evaluation (and its reported accuracy)
+        # uses 'model', which VisionMamba.load_pretrained reads. A hub file goes through timm's
+        # custom loader for the hub ('hf'), a local file or a URL through the plain one (True).
+        if overlay.get("file"):
+            kwargs["pretrained_cfg_overlay"] = {**overlay, "custom_load": True}
+        elif overlay.get("hf_hub_id") or overlay.get("hf_hub_filename"):
+            kwargs["pretrained_cfg_overlay"] = {**overlay, "custom_load": "hf"}
+        elif overlay.get("url"):
+            kwargs["pretrained_cfg_overlay"] = {**overlay, "custom_load": True}
     return build_model_with_cfg(
         VisionMamba, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
@@ -607,18 +660,27 @@ def _create_vim(variant: str, pretrained: bool = False, **kwargs) -> VisionMamba
     )
 
 
-def _cfg(hub: str = "", file: str = "", **kwargs) -> dict:
+def _cfg(hub: str, file: str | None, **kwargs) -> dict:
+    """A released model: ``hub`` (a Hugging Face Hub repository) holds ``file``, the checkpoint as
+    the official training script saved it; ``file=None`` where the file name is not known."""
+    source = dict(hf_hub_id=hub, hf_hub_filename=file) if file else {}
+    where = f"https://huggingface.co/{hub}" + (f" ({file})" if file else "")
     return {
-        "url": "", "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": None,
+        **source,
+        "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": None,
         "crop_pct": 0.875, "interpolation": "bicubic", "fixed_input_size": False,
         "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
         "first_conv": "patch_embed.proj", "classifier": "head",
-        # our own loader: it takes ckpt['model'] (timm's would take model_ema) and allow-lists
-        # only argparse.Namespace when unpickling
-        "custom_load": True,
+        # timm's custom loader for a hub file: it downloads the file into the Hugging Face cache and
+        # calls VisionMamba.load_pretrained, which takes ckpt['model'] (timm's generic loader would
+        # take model_ema) and allow-lists only argparse.Namespace when unpickling
+        "custom_load": "hf",
         "license": "apache-2.0", "paper_ids": "arXiv:2401.09417", "origin_url": "https://github.com/hustvl/Vim",
-        "notes": (f"official weights: https://huggingface.co/{hub} ({file}); nothing is downloaded, "
-                  "load them with pretrained=True, pretrained_cfg_overlay=dict(file=PATH)",),
+        "notes": ((f"official weights: {where}; pretrained=True downloads them into the Hugging Face cache",)
+                  if file else
+                  (f"official weights: {where}; no download source is configured (the release's file name "
+                   "is not recorded here): load the file with pretrained=True, "
+                   "pretrained_cfg_overlay=dict(file=PATH)",)),
         **kwargs,
     }
 
@@ -628,7 +690,7 @@ default_cfgs = generate_default_cfgs({
     "vim_tiny_patch16_stride8_224": _cfg("hustvl/Vim-tiny-midclstok", "vim_t_midclstok_ft_78p3acc.pth"),
     "vim_small_patch16_224": _cfg("hustvl/Vim-small-midclstok", "vim_s_midclstok_80p5acc.pth"),
     "vim_small_patch16_stride8_224": _cfg("hustvl/Vim-small-midclstok", "vim_s_midclstok_ft_81p6acc.pth"),
-    "vim_base_patch16_224": _cfg("hustvl/Vim-base-midclstok", "see the model card"),
+    "vim_base_patch16_224": _cfg("hustvl/Vim-base-midclstok", None),
 })
 
 

@@ -15,10 +15,12 @@ official checkpoint loads directly::
     model = timm.create_model("vmamba_tiny_s1l8", pretrained=True,
                               pretrained_cfg_overlay=dict(file="vssm1_tiny_0230s_ckpt_epoch_264.pth"))
 
-The file is read with ``torch.load(weights_only=True)``; the yacs ``CfgNode`` the official trainer
-stores under ``config`` is read as a plain dict, never executed. ``ckpt['model']`` is loaded (the
-weights the official evaluation reports); add ``custom_load="model_ema"`` to the overlay for the
-EMA weights. Nothing is ever downloaded: each variant's ``notes`` give the release URL.
+``pretrained=True`` alone downloads the official release file (GitHub releases of
+MzeroMiko/VMamba) into torch.hub's cache (``$TORCH_HOME/hub/checkpoints``) the first time; a
+local file loads offline with the overlay above. The file is read with
+``torch.load(weights_only=True)``; the yacs ``CfgNode`` the official trainer stores under
+``config`` is read as a plain dict, never executed. ``ckpt['model']`` is loaded (the weights the
+official evaluation reports); add ``custom_load="model_ema"`` to the overlay for the EMA weights.
 (``create_model(..., checkpoint_path=PATH)`` goes through timm's generic loader, which refuses
 the yacs config; use the overlay above or ``model.load_pretrained(PATH)``.)
 
@@ -70,7 +72,9 @@ class Permute(nn.Module):
         return x.permute(*self.dims)
 
 
-def _pad_to_multiple(x: torch.Tensor, multiple: int, channels_last: bool) -> torch.Tensor:
+# Shape-dependent helpers: FX keeps them as single nodes (torch.fx wraps only public names).
+@register_notrace_function
+def pad_to_multiple(x: torch.Tensor, multiple: int, channels_last: bool) -> torch.Tensor:
     """Zero-pad the bottom/right edge so H and W are multiples of ``multiple``."""
     H, W = (x.shape[1], x.shape[2]) if channels_last else (x.shape[2], x.shape[3])
     ph, pw = -H % multiple, -W % multiple
@@ -91,7 +95,7 @@ class PatchEmbedV1(nn.Sequential):
         self.patch_size = patch_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(_pad_to_multiple(x, self.patch_size, channels_last=False))
+        return super().forward(pad_to_multiple(x, self.patch_size, channels_last=False))
 
 
 class PatchEmbedV2(nn.Sequential):
@@ -123,7 +127,7 @@ class PatchMerging2D(nn.Module):
         self.norm = nn.LayerNorm(4 * dim, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = _pad_to_multiple(x, 2, channels_last=True)
+        x = pad_to_multiple(x, 2, channels_last=True)
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
         return self.reduction(self.norm(x))
 
@@ -143,7 +147,7 @@ class ConvDownsample(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel_size == 2:
-            x = _pad_to_multiple(x, 2, channels_last=True)
+            x = pad_to_multiple(x, 2, channels_last=True)
         return super().forward(x)
 
 
@@ -195,7 +199,8 @@ class VMambaHead(nn.Module):
             self.global_pool = _check_pool(global_pool)
         w = next(self.parameters(), None)
         dd = dict(device=w.device, dtype=w.dtype) if w is not None else {}
-        self.head = nn.Linear(self.dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        # the new head follows the model's device, dtype and train/eval mode
+        self.head = (nn.Linear(self.dim, num_classes, **dd) if num_classes > 0 else nn.Identity()).train(self.training)
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.norm(x)  # NHWC
@@ -212,8 +217,8 @@ def _check_pool(global_pool: str) -> str:
 
 
 @register_notrace_function
-def _check_input(x: torch.Tensor, in_chans: int) -> None:
-    if isinstance(x, torch.fx.Proxy):  # symbolic tracing (FX feature extraction): nothing to check
+def check_input(x: torch.Tensor, in_chans: int) -> None:
+    if isinstance(x, torch.fx.Proxy):  # traced without timm's list of wrapped functions: nothing to check
         return
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != in_chans:
         got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
@@ -363,7 +368,7 @@ class VMamba(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W) -> the unpooled last-stage map (B, ceil(H/32), ceil(W/32), C), NHWC."""
-        _check_input(x, self.in_chans)
+        check_input(x, self.in_chans)
         x = self.patch_embed(x)
         for stage in self.layers:
             x = stage(x)
@@ -393,7 +398,7 @@ class VMamba(nn.Module):
         """
         if output_fmt not in ("NCHW", "NHWC"):
             raise ValueError(f"output_fmt: expected 'NCHW' or 'NHWC', got {output_fmt!r}")
-        _check_input(x, self.in_chans)
+        check_input(x, self.in_chans)
         take_indices, max_index = feature_take_indices(len(self.layers), indices)
         last = len(self.layers) - 1
         stages = self.layers[:max_index + 1] if (stop_early or intermediates_only) else self.layers
@@ -582,12 +587,14 @@ def _create_vmamba(variant: str, pretrained: bool = False, **kwargs) -> VMamba:
     )
 
 
+# the official releases: the URLs the official one-file vmamba.py loads for pretrained=True
 _RELEASES = "https://github.com/MzeroMiko/VMamba/releases/download/"
 
 
 def _cfg(release: str, **kwargs) -> dict:
     return {
-        "url": "",  # never downloaded: pass the file with pretrained_cfg_overlay=dict(file=PATH)
+        # pretrained=True downloads the file into torch.hub's cache (timm's download_cached_file)
+        "url": _RELEASES + release,
         "custom_load": True,  # VMamba.load_pretrained: safe unpickling of the yacs config, 'model' weights
         "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7),
         "crop_pct": 0.875, "interpolation": "bicubic",
@@ -595,7 +602,8 @@ def _cfg(release: str, **kwargs) -> dict:
         "first_conv": "patch_embed.0", "classifier": "classifier.head",
         "license": "mit", "origin_url": "https://github.com/MzeroMiko/VMamba",
         "paper_ids": "arXiv:2401.10166",
-        "notes": (f"official weights: {_RELEASES}{release}",),
+        "notes": (f"official weights: {_RELEASES}{release}; pretrained=True downloads them into "
+                  "torch.hub's cache",),
         **kwargs,
     }
 
