@@ -473,15 +473,15 @@ def test_bad_checkpoints(tmp_path):
     path = tmp_path / "missing.pth"
     partial = {k: v for k, v in sd.items() if "layers.3" not in k}
     torch.save({"model": partial}, path)
-    with pytest.raises(ValueError, match=r"missing keys \['layers\.3\.blocks\.0\.norm\.weight"):
+    with pytest.raises(ValueError, match=r"missing keys 18 \(layers\.3\.blocks\.0\.norm\.weight, .*, \.\.\.\)"):
         src.load_pretrained(str(path))
     path = tmp_path / "other_variant.pth"
     torch.save({"model": tiny("vmamba_tiny_s1l8", dims=16).state_dict()}, path)
     with pytest.raises(ValueError, match="shape mismatches"):
         src.load_pretrained(str(path))
-    with pytest.raises(ValueError, match="checkpoint_path: expected an existing file"):
+    with pytest.raises(ValueError, match="checkpoint .* does not exist"):
         src.load_pretrained(str(tmp_path / "nope.pth"))
-    with pytest.raises(ValueError, match="key: expected one of the weight sets"):
+    with pytest.raises(ValueError, match=r"holds no EMA weights \('model_ema'"):
         torch.save({"model": sd}, path)
         src.load_pretrained(str(path), key="model_ema")
 

@@ -15,7 +15,8 @@ import os
 import torch
 import torch.nn as nn
 
-__all__ = ["CheckpointError", "read_checkpoint", "state_dict_of", "load_state_dict_checked", "classifier_classes"]
+__all__ = ["CheckpointError", "read_checkpoint", "state_dict_of", "load_state_dict_checked", "load_released",
+           "classifier_classes"]
 
 
 class CheckpointError(ValueError):
@@ -60,7 +61,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, random bytes, a pickle of arbitrary objects
         text = str(e)
-        if "Unsupported global" in text or "not an allowed global" in text:
+        if "unsupported global" in text.lower() or "not an allowed global" in text.lower():
             what = next((ln.strip() for ln in text.splitlines() if "GLOBAL" in ln), "")
             raise CheckpointError(
                 f"checkpoint {path!r} holds Python objects outside the safe allow-list ({ALLOWED_NAMES})"
@@ -85,7 +86,7 @@ def state_dict_of(ckpt: dict, use_ema: bool = False, path: str = "checkpoint") -
     """
     if use_ema:
         if not isinstance(ckpt.get("model_ema"), dict):
-            raise CheckpointError(f"--use-ema: {path} holds no EMA weights (trained without --model-ema)")
+            raise CheckpointError(f"{path} holds no EMA weights ('model_ema'; trained without --model-ema?)")
         return ckpt["model_ema"]
     for key in ("model", "state_dict"):
         if isinstance(ckpt.get(key), dict):
@@ -124,3 +125,23 @@ def classifier_classes(state_dict: dict, classifier: str) -> int | None:
     dict, None when it has no such head."""
     w = state_dict.get(f"{classifier}.weight", state_dict.get(f"module.{classifier}.weight"))
     return int(w.shape[0]) if isinstance(w, torch.Tensor) and w.dim() >= 1 else None
+
+
+def load_released(model: nn.Module, state_dict: dict, path: str, first_conv: str, classifier: str) -> None:
+    """Load a (filtered) released state dict into ``model``, adapted as timm's pretrained loading does.
+
+    The first conv ``first_conv`` is adapted to the model's input channels; the head ``classifier``
+    is left out when its shape differs (a model built for another number of classes: fine-tuning
+    starts from a new head); any other difference is a :class:`CheckpointError` naming a few keys.
+    """
+    from timm.models._manipulate import adapt_input_conv
+
+    own = model.state_dict()
+    conv = f"{first_conv}.weight"
+    if conv in state_dict and conv in own and state_dict[conv].shape[1] != own[conv].shape[1]:
+        state_dict[conv] = adapt_input_conv(own[conv].shape[1], state_dict[conv], base_chans=state_dict[conv].shape[1])
+    head = [k for k in (f"{classifier}.weight", f"{classifier}.bias")
+            if k in state_dict and (k not in own or own[k].shape != state_dict[k].shape)]
+    for k in head:
+        del state_dict[k]
+    load_state_dict_checked(model, state_dict, path, ignore_missing=(f"{classifier}.",) if head else ())

@@ -24,7 +24,6 @@ Differences from the official code, none of which changes the logits of a releas
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Sequence
 
@@ -42,11 +41,12 @@ from timm.layers import (
 )
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
-from timm.models._manipulate import adapt_input_conv, checkpoint
+from timm.models._manipulate import checkpoint
 
 from visionssm.layers.mamba import Mamba, RMSNorm
+from visionssm.models.checkpoint import load_released, read_checkpoint
 
-__all__ = ["VisionMamba", "VimBlock", "checkpoint_filter_fn", "load_checkpoint_file", "resample_pos_embed"]
+__all__ = ["VisionMamba", "VimBlock", "checkpoint_filter_fn", "resample_pos_embed"]
 
 # The scan loops over time and validates shapes in Python: FX must see the mixer as one leaf.
 register_notrace_module(Mamba)
@@ -479,50 +479,10 @@ class VisionMamba(nn.Module):
         ``module.`` prefix, re-lays-out the position embeddings for this model's grid and class
         position (the checkpoint's: ``source_cls_position``, see :func:`checkpoint_filter_fn`),
         adapts the first conv to ``in_chans`` and drops the head when its shape differs (a new
-        ``num_classes``). Any other missing or unexpected key is a ValueError that lists them.
+        ``num_classes``). Any other difference is a CheckpointError that names a few keys.
         """
-        state_dict = checkpoint_filter_fn(load_checkpoint_file(checkpoint_path), self, source_cls_position)
-        own = self.state_dict()
-        key = "patch_embed.proj.weight"
-        if key in state_dict and state_dict[key].shape[1] != self.in_chans:
-            w = state_dict[key]
-            state_dict[key] = adapt_input_conv(self.in_chans, w, base_chans=w.shape[1])
-        dropped = []
-        for key in ("head.weight", "head.bias"):
-            if key in state_dict and (key not in own or own[key].shape != state_dict[key].shape):
-                state_dict.pop(key)
-                dropped.append(key)
-        missing, unexpected = self.load_state_dict(state_dict, strict=False)
-        missing = [k for k in missing if not (dropped and k.startswith("head."))]
-        if missing or unexpected:
-            raise ValueError(f"checkpoint_path: {checkpoint_path} does not fit this model: "
-                             f"missing keys {missing}, unexpected keys {unexpected}")
-
-
-def load_checkpoint_file(path: str) -> dict:
-    """Read a checkpoint without running arbitrary pickled code.
-
-    ``torch.load(weights_only=True)`` with exactly one extra class allowed, ``argparse.Namespace``,
-    which the official training script stores under ``args``. ``.safetensors`` files are read
-    with safetensors.
-    """
-    if str(path).endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as e:
-        raise ValueError(f"checkpoint_path: expected an existing file, got {str(path)!r}") from e
-    except Exception as e:  # the unpickler reports disallowed globals as UnpicklingError/RuntimeError
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
-            raise ValueError(
-                f"checkpoint_path: {path} holds Python objects outside the safe allow-list "
-                f"(tensors, containers, argparse.Namespace); refusing to unpickle them ({e}). If the "
-                "file is trusted, re-save its weights with torch.save({'model': ckpt['model']}, new_path)."
-            ) from e
-        raise
+        state_dict = checkpoint_filter_fn(read_checkpoint(checkpoint_path), self, source_cls_position)
+        load_released(self, state_dict, checkpoint_path, "patch_embed.proj", "head")
 
 
 def _source_stride(args, state_dict: dict, model: VisionMamba) -> tuple[int | None, str]:

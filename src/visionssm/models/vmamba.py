@@ -38,8 +38,6 @@ agree exactly.)
 
 from __future__ import annotations
 
-import argparse
-import collections
 import re
 from collections.abc import Sequence
 
@@ -50,12 +48,12 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import register_notrace_function, register_notrace_module, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
-from timm.models._manipulate import adapt_input_conv
 
 from visionssm.layers.scan_orders import resolve_scan_order
 from visionssm.layers.ss2d import SS2D, VSSBlock, check_backend
+from visionssm.models.checkpoint import load_released, read_checkpoint, state_dict_of
 
-__all__ = ["VMamba", "checkpoint_filter_fn", "load_checkpoint_file"]
+__all__ = ["VMamba", "checkpoint_filter_fn"]
 
 # the scan loop cannot be traced symbolically: FX feature extraction keeps SS2D as a leaf
 register_notrace_module(SS2D)
@@ -436,77 +434,16 @@ class VMamba(nn.Module):
         evaluation reports), or "model_ema"; through timm, set ``custom_load="model_ema"`` in the
         overlay. Legacy names are renamed (:func:`checkpoint_filter_fn`), the first conv is adapted
         to ``in_chans`` and the head is dropped when its shape differs (another ``num_classes``).
-        Any other missing, unexpected or misshapen key is a ValueError that lists them.
+        Any other difference is a CheckpointError that names a few keys.
         """
         if key is None:
             choice = (getattr(self, "pretrained_cfg", None) or {}).get("custom_load")
             key = choice if isinstance(choice, str) else "model"
-        ckpt = load_checkpoint_file(checkpoint_path)
-        if isinstance(ckpt, dict) and any(k in ckpt for k in ("model", "model_ema", "state_dict")):
-            if not isinstance(ckpt.get(key), dict):
-                have = [k for k in ("model", "model_ema", "state_dict") if isinstance(ckpt.get(k), dict)]
-                raise ValueError(f"key: expected one of the weight sets in {checkpoint_path}, {have}, "
-                                 f"got {key!r}")
-            ckpt = ckpt[key]
-        state_dict = checkpoint_filter_fn(ckpt, self)
-        own = self.state_dict()
-        conv = "patch_embed.0.weight"
-        if conv in state_dict and state_dict[conv].shape[1] != self.in_chans:
-            state_dict[conv] = adapt_input_conv(self.in_chans, state_dict[conv])
-        dropped = False
-        for k in ("classifier.head.weight", "classifier.head.bias"):
-            if k in state_dict and (k not in own or own[k].shape != state_dict[k].shape):
-                del state_dict[k]
-                dropped = True
-        misshapen = [f"{k}: checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)}"
-                     for k, v in state_dict.items() if k in own and own[k].shape != v.shape]
-        missing = [k for k in own
-                   if k not in state_dict and not (dropped and k.startswith("classifier.head."))]
-        unexpected = [k for k in state_dict if k not in own]
-        if misshapen or missing or unexpected:
-            raise ValueError(f"checkpoint_path: {checkpoint_path} does not fit this model: missing keys "
-                             f"{missing}, unexpected keys {unexpected}, shape mismatches {misshapen}")
-        self.load_state_dict(state_dict, strict=False)
-
-
-# ---------------------------------------------------------------------------------------------
-# checkpoints
-
-
-class _ConfigAsDict:
-    """Stand-in for yacs' ``CfgNode`` while unpickling: the config is read as an OrderedDict.
-
-    The weights-only unpickler only fills plain dict types, and ``__new__`` returning an
-    OrderedDict (which accepts the CfgNode's attribute state) is the smallest way to get one.
-    """
-
-    def __new__(cls, *args):
-        return collections.OrderedDict()
-
-
-def load_checkpoint_file(path: str) -> dict:
-    """Read a checkpoint without running pickled code: ``torch.load(weights_only=True)``.
-
-    Allowed besides tensors and containers: ``argparse.Namespace`` (as for Vim and timm) and
-    yacs' ``CfgNode`` (the official VMamba trainer's ``config``), which is read as a dict.
-    """
-    if str(path).endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace, (_ConfigAsDict, "yacs.config.CfgNode")]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as e:
-        raise ValueError(f"checkpoint_path: expected an existing file, got {str(path)!r}") from e
-    except Exception as e:  # disallowed globals surface as UnpicklingError / RuntimeError
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
-            raise ValueError(
-                f"checkpoint_path: {path} holds Python objects outside the safe allow-list (tensors, "
-                f"containers, argparse.Namespace, yacs CfgNode); refusing to unpickle them ({e}). If the "
-                f"file is trusted, re-save its weights with "
-                f"torch.save({{'model': ckpt['model']}}, new_path).") from e
-        raise
+        if key not in ("model", "model_ema"):
+            raise ValueError(f"key: expected 'model' or 'model_ema', got {key!r}")
+        state_dict = checkpoint_filter_fn(state_dict_of(read_checkpoint(checkpoint_path), key == "model_ema",
+                                                        checkpoint_path), self)
+        load_released(self, state_dict, checkpoint_path, "patch_embed.0", "classifier.head")
 
 
 # early releases (``VSSM._load_from_state_dict``): prefix renames
