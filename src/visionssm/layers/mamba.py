@@ -13,9 +13,12 @@ sequence; ``in_proj`` (so x and z) and ``out_proj`` are shared, and the two dire
 before ``out_proj`` (``if_divide_out=True`` in every released model).
 
 The official code only has this variant in its fused CUDA path; this module is the plain-PyTorch
-specification of it. Both directions go through one depthwise conv and one scan call (the
-directions stacked along channels, B and C as two groups), which is the same maths with half the
-kernel launches.
+specification of it. Both directions run in the tokens' own order (the backward branch's causal
+conv on the reversed sequence is an anti-causal conv on this one) and go through one
+:func:`~visionssm.ops.directional_scan`, which walks the backward direction in reverse through an
+index map and sums the two outputs in place: no flipped copy, no separate merge. Under
+torch.export the flipped-copy form (one depthwise conv and one ``selective_scan`` over both
+directions stacked along channels, B and C as two groups) is used instead: the same numbers.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from visionssm.ops import selective_scan
+from visionssm.layers.scan_orders import scan_index_maps
+from visionssm.ops import directional_scan, selective_scan
 from visionssm.ops.selective_scan import BACKENDS
 
 __all__ = ["Mamba", "RMSNorm"]
@@ -180,13 +184,51 @@ class Mamba(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """(batch, length, dim) -> (batch, length, dim)."""
-        batch, length, _ = hidden_states.shape
-        d, n, r = self.d_inner, self.d_state, self.dt_rank
         # in_proj straight into the channel-first layout the conv and the scan want
         xz = torch.matmul(self.in_proj.weight, hidden_states.transpose(1, 2))
         if self.in_proj.bias is not None:
             xz = xz + self.in_proj.bias[:, None]
         x, z = xz.chunk(2, dim=1)
+        if self.bidirectional and not torch.compiler.is_exporting():
+            y = self._bidirectional(x, z)
+        else:
+            y = self._stacked_scan(x, z)
+        return self.out_proj(y.transpose(1, 2))
+
+    def _project(self, x, xproj_w, dtproj_w, k):
+        """delta, B, C of x (batch, k*d_inner, length), direction-major."""
+        batch, _, length = x.shape
+        x_dbl = torch.matmul(xproj_w, x.view(batch, k, self.d_inner, length))  # (batch, k, r + 2n, length)
+        dt, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=2)
+        return torch.matmul(dtproj_w, dt).reshape(batch, k * self.d_inner, length), B, C
+
+    def _bidirectional(self, x, z):
+        """Both directions in the tokens' own order; only the scan walks the backward one in reverse.
+
+        The backward branch is the forward recipe on the reversed sequence. Its causal conv there
+        is an anti-causal conv here (the kernel reversed, looking ahead), and everything after it
+        acts per token, so no flipped copy is made: :func:`directional_scan` reads the backward
+        direction through a reversed index map and adds its outputs in place, and silu(z), which
+        the official code applies to each direction at the same token, gates the sum.
+        """
+        d, k, length = self.d_inner, self.d_conv, x.shape[-1]
+        x = torch.cat([F.conv1d(x, self.conv1d.weight, self.conv1d.bias, padding=k - 1, groups=d)[..., :length],
+                       F.conv1d(x, self.conv1d_b.weight.flip(-1), self.conv1d_b.bias, padding=k - 1,
+                                groups=d)[..., k - 1:]], dim=1)
+        x = F.silu(x)
+        delta, B, C = self._project(x, torch.stack([self.x_proj.weight, self.x_proj_b.weight]),
+                                    torch.stack([self.dt_proj.weight, self.dt_proj_b.weight]), 2)
+        A = -torch.exp(torch.cat([self.A_log, self.A_b_log]).float())
+        y = directional_scan(x, delta, A, B, C, scan_index_maps(1, length, "bidirectional", x.device),
+                             torch.cat([self.D, self.D_b]).float(), z=z,
+                             delta_bias=torch.cat([self.dt_proj.bias, self.dt_proj_b.bias]).float(),
+                             delta_softplus=True, backend=self.backend)
+        return y / 2 if self.divide_out else y
+
+    def _stacked_scan(self, x, z):
+        """One direction; or both, the backward one as a flipped copy stacked along channels (the
+        path torch.export takes: its graph has the plain ``selective_scan`` node)."""
+        length = x.shape[-1]
         k = 2 if self.bidirectional else 1
         conv_w, conv_b, xproj_w, dtproj_w, dt_bias, A_log, D = self._stacked()
         if self.bidirectional:
@@ -194,27 +236,23 @@ class Mamba(nn.Module):
             # looks "ahead" in the original order
             x = torch.cat([x, x.flip(-1)], dim=1)
         # causal: pad d_conv-1 on both sides, keep the first `length` outputs
-        x = F.silu(F.conv1d(x, conv_w, conv_b, padding=self.d_conv - 1, groups=k * d)[..., :length])
-        x_dbl = torch.matmul(xproj_w, x.view(batch, k, d, length))  # (batch, k, r + 2n, length)
-        dt, B, C = x_dbl.split([r, n, n], dim=2)
-        delta = torch.matmul(dtproj_w, dt).reshape(batch, k * d, length)
+        x = F.silu(F.conv1d(x, conv_w, conv_b, padding=self.d_conv - 1, groups=k * self.d_inner)[..., :length])
+        delta, B, C = self._project(x, xproj_w, dtproj_w, k)
         if k == 1:
             B, C = B[:, 0], C[:, 0]
         A = -torch.exp(A_log.float())
         if not self.bidirectional:
-            y = selective_scan(x, delta, A, B, C, D.float(), z=z, delta_bias=dt_bias.float(),
-                               delta_softplus=True, backend=self.backend)
-        else:
-            # the official code gates each direction with z at the same spatial position
-            # (z flipped with its branch, flipped back with the output); silu(z) factors out of the sum
-            y = selective_scan(x, delta, A, B, C, D.float(), z=None, delta_bias=dt_bias.float(),
-                               delta_softplus=True, backend=self.backend)
-            y_f, y_b = y.chunk(2, dim=1)
-            y = y_f + y_b.flip(-1)
-            if self.divide_out:
-                y = y / 2
-            y = y * F.silu(z)
-        return self.out_proj(y.transpose(1, 2))
+            return selective_scan(x, delta, A, B, C, D.float(), z=z, delta_bias=dt_bias.float(),
+                                  delta_softplus=True, backend=self.backend)
+        # the official code gates each direction with z at the same spatial position
+        # (z flipped with its branch, flipped back with the output); silu(z) factors out of the sum
+        y = selective_scan(x, delta, A, B, C, D.float(), z=None, delta_bias=dt_bias.float(),
+                           delta_softplus=True, backend=self.backend)
+        y_f, y_b = y.chunk(2, dim=1)
+        y = y_f + y_b.flip(-1)
+        if self.divide_out:
+            y = y / 2
+        return y * F.silu(z)
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, d_inner={self.d_inner}, d_state={self.d_state}, dt_rank={self.dt_rank}, "

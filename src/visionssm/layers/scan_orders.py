@@ -41,9 +41,10 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
+from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 __all__ = ["DIRECTIONS", "SCAN_ORDERS", "cross_merge", "cross_scan", "resolve_scan_order",
-           "scan_permutation"]
+           "scan_index_maps", "scan_permutation"]
 
 
 class Direction(NamedTuple):
@@ -89,8 +90,9 @@ def resolve_scan_order(order: str | Sequence[str]) -> tuple[str, ...]:
 
 @functools.lru_cache(maxsize=256)
 def _permutation_cpu(H: int, W: int, name: str) -> torch.Tensor:
-    # a normal tensor even when first asked for under inference_mode: it is cached and reused
-    with torch.inference_mode(False):
+    # a normal, real tensor even when first asked for under inference_mode or a FakeTensorMode
+    # (FLOP counting): it is cached and reused
+    with torch.inference_mode(False), unset_fake_temporarily():
         return _build_permutation(H, W, DIRECTIONS[name])
 
 
@@ -107,7 +109,7 @@ def _build_permutation(H: int, W: int, d: Direction) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=256)
 def _permutation_on(H: int, W: int, name: str, device: torch.device) -> torch.Tensor:
-    with torch.inference_mode(False):
+    with torch.inference_mode(False), unset_fake_temporarily():
         return _permutation_cpu(H, W, name).to(device)
 
 
@@ -123,6 +125,22 @@ def scan_permutation(H: int, W: int, direction: str, device: torch.device | str 
     if direction not in DIRECTIONS:
         raise ValueError(f"direction: expected one of {list(DIRECTIONS)}, got {direction!r}")
     return _perm(int(H), int(W), direction, torch.device(device))
+
+
+@functools.lru_cache(maxsize=256)
+def _index_maps_on(H: int, W: int, dirs: tuple[str, ...], device: torch.device) -> torch.Tensor:
+    with torch.inference_mode(False), unset_fake_temporarily():
+        return torch.stack([_permutation_cpu(H, W, name) for name in dirs]).to(device)
+
+
+def scan_index_maps(H: int, W: int, order: str | Sequence[str] = "cross",
+                    device: torch.device | str = "cpu") -> torch.Tensor:
+    """(K, H*W) int64: row k is :func:`scan_permutation` of direction ``order[k]``, the walks as
+    ``visionssm.ops.directional_scan`` reads them (cached per grid, order and device)."""
+    dirs = resolve_scan_order(order)
+    if torch.compiler.is_compiling():  # built in the graph (symbolic sizes; no cache to trace through)
+        return torch.stack([_build_permutation(H, W, DIRECTIONS[n]) for n in dirs]).to(device)
+    return _index_maps_on(int(H), int(W), dirs, torch.device(device))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,10 +12,15 @@ One forward of SS2D (official ``forwardv0`` / ``forwardv2``):
 
 1. ``in_proj`` -> x (and the gate z, unless ``gate=False``: the official ``_noz`` variants);
 2. depthwise conv (optional) and SiLU on x;
-3. ``cross_scan``: K sequences, one per direction of the scan order;
+3. K walks of the map, one per direction of the scan order (``cross_scan``);
 4. per direction, x_proj gives dt (R), B (N), C (N); dt_proj lifts dt to d_inner channels;
 5. **one** selective scan over all K*d_inner channels, B and C grouped per direction;
-6. ``cross_merge``, ``out_norm``, times SiLU(z) when gated, ``out_proj``.
+6. the K outputs summed back on the map (``cross_merge``), ``out_norm``, times SiLU(z) when
+   gated, ``out_proj``.
+
+Steps 3-6 run as one :func:`~visionssm.ops.directional_scan`, which reads the walks through index
+maps instead of copying them (:meth:`SS2D.forward_core`); :meth:`SS2D.forward_core_copies` is the
+same computation with the copies, as written above.
 """
 
 from __future__ import annotations
@@ -26,8 +31,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from visionssm.layers.scan_orders import cross_merge, cross_scan, resolve_scan_order
-from visionssm.ops import selective_scan
+from visionssm.layers.scan_orders import cross_merge, cross_scan, resolve_scan_order, scan_index_maps
+from visionssm.ops import directional_scan, selective_scan
 from visionssm.ops.selective_scan import BACKENDS
 
 __all__ = ["SS2D", "VSSBlock", "Mlp", "DropPath"]
@@ -141,7 +146,31 @@ class SS2D(nn.Module):
         self.Ds.fill_(1.0)
 
     def forward_core(self, x: torch.Tensor) -> torch.Tensor:
-        """Steps 3-5 plus the merge: (B, d_inner, H, W), any strides -> (B, d_inner, H, W)."""
+        """Steps 3-5 plus the merge: (B, d_inner, H, W), any strides -> (B, d_inner, H, W).
+
+        The K walks are index maps that :func:`directional_scan` reads through: x_proj and dt_proj
+        act per pixel, so dt, B and C are made in the map's own layout, and the scan reads every
+        input and sums its outputs there; no walk is copied and there is no separate merge.
+        """
+        if torch.compiler.is_exporting():
+            return self.forward_core_copies(x)
+        B, D, H, W = x.shape
+        K, N, R, L = self.k_group, self.d_state, self.dt_rank, H * W
+        u = x.reshape(B, D, L)
+        x_dbl = torch.matmul(self.x_proj_weight, u.unsqueeze(1))  # (K, R+2N, D) @ (B, 1, D, L) -> (B, K, R+2N, L)
+        dts, Bs, Cs = torch.split(x_dbl, [R, N, N], dim=2)
+        dts = torch.matmul(self.dt_projs_weight, dts)  # (K, D, R) @ (B, K, R, L) -> (B, K, D, L)
+        y = directional_scan(
+            u, dts.reshape(B, K * D, L), -torch.exp(self.A_logs.float()), Bs, Cs,
+            scan_index_maps(H, W, self.directions, x.device), self.Ds.float(),
+            delta_bias=self.dt_projs_bias.reshape(-1).float(), delta_softplus=True, backend=self.backend,
+        )
+        return y.view(B, D, H, W)
+
+    def forward_core_copies(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward_core` with the walks materialised: ``cross_scan``, one selective scan over
+        the K*d_inner channels, ``cross_merge``. The same numbers; torch.export (and so the ONNX
+        export) takes this path, whose graph has the plain ``selective_scan`` node."""
         B, D, H, W = x.shape
         K, N, R, L = self.k_group, self.d_state, self.dt_rank, H * W
         xs = cross_scan(x, self.directions)  # (B, K, D, L)

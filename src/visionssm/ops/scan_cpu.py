@@ -16,6 +16,14 @@ for 2^f on [-1/2, 1/2] (relative error ~2e-7) and the 2^k factor built from its 
 checking) takes ``math.exp``. The softplus of delta + delta_bias (log1p through an atanh series),
 the D skip and the silu(z) gate are fused too, forward and backward.
 
+The kernels use NumPy's error model: Python's (numba's default) puts a zero-divisor check with a
+raise in every division, which keeps the softplus and gate loops from vectorising (7x slower
+softplus); no divisor here can be zero.
+
+``_dfwd`` / ``_dbwd`` are the directional scan (``visionssm.ops.directional_scan``): the same
+loops, reading every step through the walk's index map and adding the outputs into the map's
+layout, written with separate step-major tiles and explicit loops so that the lane loops vectorise.
+
 The interface is described in ``visionssm.ops.selective_scan``.
 """
 
@@ -95,6 +103,16 @@ def _zero_impl(a):
     return lambda a: zero
 
 
+def _one(a):
+    """A one of a's dtype (numba only)."""
+
+
+@overload(_one, inline="always")
+def _one_impl(a):
+    one = numba.np.numpy_support.as_dtype(a.dtype).type(1)
+    return lambda a: one
+
+
 @njit(inline="always")
 def _load_tile(src, bi, c0, t0, tile):
     """tile[j, w] = src[bi, c0 + w, t0 + j]: each channel's run of time steps is read contiguously."""
@@ -126,7 +144,7 @@ def _dt_lanes(x, bias, has_bias, softplus, dt, sig):
             dt[w] = v
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _fwd(u, delta, bias, z, Dv, At, Bm, Cm, y, last, ckpt, save, has_bias, softplus, has_z, has_D, lanes):
     nb, d, length = u.shape
     ng, n = Bm.shape[1], Bm.shape[3]
@@ -178,7 +196,7 @@ def _fwd(u, delta, bias, z, Dv, At, Bm, Cm, y, last, ckpt, save, has_bias, softp
                 last[bi, c0 + w, s] = h[s, w]
 
 
-@njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
+@njit(parallel=True, cache=True, error_model="numpy", fastmath={"reassoc", "contract", "nsz"})
 def _bwd(u, delta, bias, z, Dv, At, Bm, Cm, ckpt, dout, dlast, du, ddelta, dz, dD_part, dbias_part, dA_part,
          dB_part, dC_part, has_bias, softplus, has_z, has_D, lanes):
     nb, d, length = u.shape
@@ -290,6 +308,210 @@ def _bwd(u, delta, bias, z, Dv, At, Bm, Cm, ckpt, dout, dlast, du, ddelta, dz, d
         dbias_part[bi, c0:c0 + w_] = dbl
 
 
+# ---------------------------------------------------------------------------------------------
+# the directional scan (see visionssm.ops.directional_scan): the same loops, one more level of
+# indirection. A job owns a block of the output's channels and walks every direction in turn,
+# reading u, delta, dy, B and C at the walk's positions and adding its outputs (y; du when u is
+# shared) into the map's layout, so no walk is ever copied and no job writes another's channels.
+
+
+@njit(inline="always")
+def _gather(src, bi, c0, P, tile, m, w_):
+    """tile[j, w] = src[bi, c0 + w, P[j]] for j < m: a chunk of a walk, each channel read along the walk."""
+    for w in range(w_):
+        for j in range(m):
+            tile[j, w] = src[bi, c0 + w, P[j]]
+
+
+@njit(inline="always")
+def _scatter(tile, dst, bi, c0, P, m, w_, add):
+    """dst[bi, c0 + w, P[j]] = (or +=) tile[j, w] for j < m."""
+    for w in range(w_):
+        if add:
+            for j in range(m):
+                dst[bi, c0 + w, P[j]] += tile[j, w]
+        else:
+            for j in range(m):
+                dst[bi, c0 + w, P[j]] = tile[j, w]
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _dfwd(u, delta, bias, Dv, At, Bm, Cm, perm, y, last, ckpt, save, has_bias, softplus, has_D, lanes):
+    nb, kd, length = delta.shape
+    nk = perm.shape[0]
+    d = kd // nk
+    shared = u.shape[1] != kd
+    ng, n = Bm.shape[1] // nk, Bm.shape[3]  # groups per direction
+    dg = d // ng
+    nblk = (dg + lanes - 1) // lanes
+    zero = _zero(u)
+    for job in prange(nb * ng * nblk):
+        bi, r = job // (ng * nblk), job % (ng * nblk)
+        gi = r // nblk
+        c0 = gi * dg + (r % nblk) * lanes  # the job's first output channel
+        w_ = min(lanes, gi * dg + dg - c0)
+        h = np.empty((n, w_), u.dtype)
+        # u, delta, y of one chunk of a walk, step-major; separate arrays (not views of one buffer)
+        # and explicit loops keep the lane loops free of aliasing doubts, so they vectorise
+        U = np.empty((CHUNK, w_), u.dtype)
+        X = np.empty((CHUNK, w_), u.dtype)
+        Y = np.empty((CHUNK, w_), u.dtype)
+        dtt = np.empty(w_, u.dtype)
+        dtu = np.empty(w_, u.dtype)
+        for k in range(nk):
+            ch = k * d + c0  # the direction's channels
+            gk = k * ng + gi
+            h[:] = 0
+            Ab = At[:, ch:ch + w_].copy()
+            Dl = Dv[ch:ch + w_].copy() if has_D else np.zeros(w_, u.dtype)
+            bl = bias[ch:ch + w_].copy() if has_bias else np.zeros(w_, u.dtype)
+            for t0 in range(0, length, CHUNK):
+                t1 = min(t0 + CHUNK, length)
+                m = t1 - t0
+                if save:
+                    for s in range(n):
+                        for w in range(w_):
+                            ckpt[bi, t0 // CHUNK, s, ch + w] = h[s, w]
+                P = perm[k, t0:t1]
+                _gather(u, bi, c0 if shared else ch, P, U, m, w_)
+                _gather(delta, bi, ch, P, X, m, w_)
+                for j in range(m):
+                    p = P[j]
+                    for w in range(w_):
+                        v = X[j, w] + bl[w]
+                        if softplus:  # max(v, 0) + log1p(exp(-|v|)): no overflow, no cancellation
+                            v = max(v, zero) + _log1p01(_exp(-abs(v)))
+                        dtt[w] = v
+                        dtu[w] = v * U[j, w]
+                        Y[j, w] = Dl[w] * U[j, w]
+                    for s in range(n):
+                        bv = Bm[bi, gk, p, s]
+                        cv = Cm[bi, gk, p, s]
+                        for w in range(w_):
+                            hv = _exp(dtt[w] * Ab[s, w]) * h[s, w] + dtu[w] * bv
+                            h[s, w] = hv
+                            Y[j, w] += hv * cv
+                _scatter(Y, y, bi, c0, P, m, w_, k > 0)
+            for s in range(n):
+                for w in range(w_):
+                    last[bi, ch + w, s] = h[s, w]
+
+
+@njit(parallel=True, cache=True, error_model="numpy", fastmath={"reassoc", "contract", "nsz"})
+def _dbwd(u, delta, bias, Dv, At, Bm, Cm, perm, ckpt, dy, dlast, du, ddelta, dD_part, dbias_part, dA_part,
+          dB_part, dC_part, has_bias, softplus, has_D, lanes):
+    nb, kd, length = delta.shape
+    nk = perm.shape[0]
+    d = kd // nk
+    shared = u.shape[1] != kd
+    ng, n = Bm.shape[1] // nk, Bm.shape[3]
+    dg = d // ng
+    nblk = (dg + lanes - 1) // lanes
+    nck = (length + CHUNK - 1) // CHUNK
+    zero, one = _zero(u), _one(u)
+    for job in prange(nb * ng * nblk):
+        bi, r = job // (ng * nblk), job % (ng * nblk)
+        gi, blk = r // nblk, r % nblk
+        c0 = gi * dg + blk * lanes
+        w_ = min(lanes, gi * dg + dg - c0)
+        dh = np.empty((n, w_), u.dtype)
+        dA = np.empty((n, w_), u.dtype)
+        Hs = np.empty((CHUNK + 1, n, w_), u.dtype)  # h_{s-1} .. h_{e-1} of the chunk
+        Es = np.empty((CHUNK, n, w_), u.dtype)  # its decays
+        # step-major tiles of one chunk of a walk: inputs u, delta, dy; recomputed dt, softplus';
+        # outputs du, ddelta
+        U = np.empty((CHUNK, w_), u.dtype)
+        X = np.empty((CHUNK, w_), u.dtype)
+        G = np.empty((CHUNK, w_), u.dtype)
+        DT = np.empty((CHUNK, w_), u.dtype)
+        SP = np.empty((CHUNK, w_), u.dtype)
+        dU = np.empty((CHUNK, w_), u.dtype)
+        dX = np.empty((CHUNK, w_), u.dtype)
+        dtu = np.empty(w_, u.dtype)
+        acc_t = np.empty(w_, u.dtype)
+        acc_u = np.empty(w_, u.dtype)
+        dDl = np.empty(w_, u.dtype)
+        dbl = np.empty(w_, u.dtype)
+        for k in range(nk):
+            ch = k * d + c0
+            uc = c0 if shared else ch
+            gk = k * ng + gi
+            Ab = At[:, ch:ch + w_].copy()
+            Dl = Dv[ch:ch + w_].copy() if has_D else np.zeros(w_, u.dtype)
+            bl = bias[ch:ch + w_].copy() if has_bias else np.zeros(w_, u.dtype)
+            for s in range(n):
+                for w in range(w_):
+                    dh[s, w] = dlast[bi, ch + w, s]
+            dA[:] = 0
+            dDl[:] = 0
+            dbl[:] = 0
+            for kc in range(nck - 1, -1, -1):
+                t0 = kc * CHUNK
+                t1 = min(t0 + CHUNK, length)
+                m = t1 - t0
+                P = perm[k, t0:t1]
+                _gather(u, bi, uc, P, U, m, w_)
+                _gather(delta, bi, ch, P, X, m, w_)
+                _gather(dy, bi, c0, P, G, m, w_)
+                for s in range(n):
+                    for w in range(w_):
+                        Hs[0, s, w] = ckpt[bi, kc, s, ch + w]
+                for j in range(m):  # recompute the chunk's states
+                    p = P[j]
+                    for w in range(w_):
+                        v = X[j, w] + bl[w]
+                        if softplus:
+                            e = _exp(-abs(v))
+                            SP[j, w] = (one if v >= 0 else e) / (one + e)  # softplus' = sigmoid
+                            v = max(v, zero) + _log1p01(e)
+                        DT[j, w] = v
+                        dtu[w] = v * U[j, w]
+                    for s in range(n):
+                        bv = Bm[bi, gk, p, s]
+                        for w in range(w_):
+                            e = _exp(DT[j, w] * Ab[s, w])
+                            Es[j, s, w] = e
+                            Hs[j + 1, s, w] = e * Hs[j, s, w] + dtu[w] * bv
+                for j in range(m - 1, -1, -1):  # reverse walk: dh_t = C_t dy_t + a_{t+1} dh_{t+1}
+                    p = P[j]
+                    for w in range(w_):
+                        dtu[w] = DT[j, w] * U[j, w]
+                        acc_t[w] = zero
+                        acc_u[w] = zero
+                    for s in range(n):
+                        bv = Bm[bi, gk, p, s]
+                        cv = Cm[bi, gk, p, s]
+                        sb = zero
+                        sc = zero
+                        for w in range(w_):
+                            dhv = dh[s, w] + G[j, w] * cv
+                            q = dhv * Hs[j, s, w] * Es[j, s, w]  # d loss / d (dt A)
+                            acc_t[w] += q * Ab[s, w]
+                            acc_u[w] += dhv * bv  # sum_s dh B: d loss / d (dt u)
+                            dA[s, w] += q * DT[j, w]
+                            sb += dhv * dtu[w]
+                            sc += G[j, w] * Hs[j + 1, s, w]
+                            dh[s, w] = dhv * Es[j, s, w]
+                        dB_part[blk, bi, gk, p, s] = sb
+                        dC_part[blk, bi, gk, p, s] = sc
+                    for w in range(w_):
+                        g = acc_t[w] + acc_u[w] * U[j, w]  # d loss / d dt
+                        if softplus:  # through the softplus
+                            g *= SP[j, w]
+                        dX[j, w] = g
+                        dbl[w] += g
+                        dU[j, w] = acc_u[w] * DT[j, w] + Dl[w] * G[j, w]
+                        dDl[w] += G[j, w] * U[j, w]
+                _scatter(dU, du, bi, uc, P, m, w_, shared and k > 0)
+                _scatter(dX, ddelta, bi, ch, P, m, w_, False)
+            for s in range(n):
+                for w in range(w_):
+                    dA_part[bi, s, ch + w] = dA[s, w]
+            for w in range(w_):
+                dD_part[bi, ch + w] = dDl[w]
+                dbias_part[bi, ch + w] = dbl[w]
+
+
 def _lanes(batch, dim_per_group, groups):
     """Channels per job: 64 lanes vectorise best, but keep at least two jobs per thread."""
     lanes = 64
@@ -343,3 +565,35 @@ def backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ckpt, dout, dl
     return (du, ddelta, dA_part.sum(0).t().contiguous(), dB_part.sum(0).transpose(2, 3).contiguous(),
             dC_part.sum(0).transpose(2, 3).contiguous(), dD_part.sum(0) if D is not None else None,
             dz if z is not None else None, dbias_part.sum(0) if delta_bias is not None else None)
+
+
+def directional_forward(u, delta, A, B, C, D, delta_bias, delta_softplus, index_maps, save_checkpoints):
+    b, kd, length = delta.shape
+    nk, n = index_maps.shape[0], A.shape[1]
+    d, g = kd // nk, B.shape[1] // nk
+    y = u.new_empty(b, d, length)
+    last = u.new_empty(b, kd, n)
+    ckpt = u.new_empty(checkpoint_shape(b, kd, length, n) if save_checkpoints else (1, 1, 1, 1))
+    _dfwd(_np(u, u), _np(delta, u), _np(delta_bias, A[:, 0]), _np(D, A[:, 0]), _np(A.t(), A), _bc(B), _bc(C),
+          index_maps.contiguous().numpy(), y.numpy(), last.numpy(), ckpt.numpy(), save_checkpoints,
+          delta_bias is not None, delta_softplus, D is not None, _lanes(b, d // g, g))
+    return y, last, ckpt if save_checkpoints else u.new_empty(0)
+
+
+def directional_backward(u, delta, A, B, C, D, delta_bias, delta_softplus, index_maps, ckpt, dy, dlast):
+    b, kd, length = delta.shape
+    nk, n, kg = index_maps.shape[0], A.shape[1], B.shape[1]
+    d, g = kd // nk, kg // nk
+    lanes = _lanes(b, d // g, g)
+    nblk = -(-(d // g) // lanes)
+    du, ddelta = u.new_empty(u.shape), u.new_empty(delta.shape)  # contiguous, whatever u's strides
+    dD_part, dbias_part, dA_part = u.new_empty(b, kd), u.new_empty(b, kd), u.new_empty(b, n, kd)
+    dB_part, dC_part = (u.new_empty(nblk, b, kg, length, n) for _ in range(2))
+    dlast = dlast if dlast is not None else u.new_zeros(b, kd, n)
+    _dbwd(_np(u, u), _np(delta, u), _np(delta_bias, A[:, 0]), _np(D, A[:, 0]), _np(A.t(), A), _bc(B), _bc(C),
+          index_maps.contiguous().numpy(), ckpt.numpy(), _np(dy, u), _np(dlast, u), du.numpy(), ddelta.numpy(),
+          dD_part.numpy(), dbias_part.numpy(), dA_part.numpy(), dB_part.numpy(), dC_part.numpy(),
+          delta_bias is not None, delta_softplus, D is not None, lanes)
+    return (du, ddelta, dA_part.sum(0).t().contiguous(), dB_part.sum(0).transpose(2, 3).contiguous(),
+            dC_part.sum(0).transpose(2, 3).contiguous(), dD_part.sum(0) if D is not None else None,
+            dbias_part.sum(0) if delta_bias is not None else None)

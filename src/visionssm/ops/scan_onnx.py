@@ -3,6 +3,9 @@
 ``visionssm::selective_scan`` is an opaque custom op (one node in ``torch.export``); this module
 gives the ONNX exporter a translation of it into standard ONNX operators, so an exported model
 runs in any ONNX runtime (onnxruntime's CPU provider included) with no custom operator.
+``visionssm::directional_scan`` (``visionssm.ops.directional_scan``) is translated as the
+composition it stands for: each direction's walk gathered (``Gather`` by its index map), the same
+blocked scan over the K*d channels, the outputs gathered back through the inverse maps and summed.
 
 Formulation: blocked sequential Scan, exact and overflow-free
 -------------------------------------------------------------
@@ -53,19 +56,20 @@ import sys
 BLOCK = 128  # steps per outer iteration: amortises the outer body's cost, bounds its memory
 _REGISTRY_MODULE = "onnxscript.function_libs.torch_lib.registration"
 _OP_NAME = "visionssm::selective_scan"
+_DIRECTIONAL_OP_NAME = "visionssm::directional_scan"
 _state = {"registered": False}
 
 
 def _translation():
-    """Build the onnxscript trace-only function (imports onnxscript; call only when it is installed)."""
+    """Build the onnxscript trace-only functions, by op name (imports onnxscript; call only when it is installed)."""
     import itertools
 
     import onnx_ir as ir
     from onnxscript import opset18 as op
-    from onnxscript.function_libs.torch_lib.tensor_typing import TFloat
+    from onnxscript.function_libs.torch_lib.tensor_typing import TFloat, TInt
 
     # onnxscript reads the signature from the source and resolves annotations in module globals
-    globals().update(TFloat=TFloat)
+    globals().update(TFloat=TFloat, TInt=TInt)
     uid = itertools.count()
 
     def graph(name, inputs, outputs, tape):
@@ -122,22 +126,9 @@ def _translation():
         tracer.nodes.append(node)
         return node.outputs
 
-    def selective_scan_onnx(
-        u: TFloat, delta: TFloat, A: TFloat, B: TFloat, C: TFloat,
-        D: TFloat | None = None, z: TFloat | None = None, delta_bias: TFloat | None = None,
-        delta_softplus: bool = False, backend: str = "auto", save_checkpoints: bool = False,
-    ):
-        """visionssm::selective_scan -> (y, last_state, checkpoints) in standard ONNX (see the module doc)."""
-        in_type = u.dtype
+    def scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dim, state, groups, length, in_type):
+        """The scan of u, delta (b, dim, L), B, C (b, groups, state, L): (y, last_state, checkpoints)."""
         wide = ir.DataType.DOUBLE if in_type == ir.DataType.DOUBLE else ir.DataType.FLOAT
-        if u.shape is None or A.shape is None or B.shape is None or C.shape is None:
-            raise ValueError("selective_scan ONNX export: the ranks of u, A, B and C must be known")
-        dim, state, length = u.shape[1], A.shape[1], u.shape[2]
-        # a 3-D B or C is one group; the input checks made the group counts of B and C agree
-        groups = next((t.shape[1] for t in (B, C) if len(t.shape) == 4), 1)
-        if not all(isinstance(s, int) for s in (dim, state, groups)):
-            raise ValueError(f"selective_scan ONNX export: dim, state and groups must be static, got "
-                             f"u {u.shape}, A {A.shape}, B {B.shape}")
         dg = dim // groups
         T = block_length(length if isinstance(length, int) else None)
 
@@ -147,7 +138,6 @@ def _translation():
         def const(values):
             return op.Constant(value_ints=list(values))
 
-        B, C = (op.Unsqueeze(t, [1]) if len(t.shape) == 3 else t for t in (B, C))  # (b, g, n, L)
         u, delta, A, B, C = (cast(t) for t in (u, delta, A, B, C))
         x = delta if delta_bias is None else op.Add(delta, op.Unsqueeze(cast(delta_bias), [1]))
         dt = op.Softplus(x) if delta_softplus else x
@@ -181,9 +171,75 @@ def _translation():
             y = op.Mul(y, op.Mul(z, op.Sigmoid(z)))
         last_state = op.Reshape(h_last, const([0, dim, state]))
         checkpoints = op.Cast(op.ConstantOfShape(const([0])), to=wide)
-        return op.Cast(y, to=in_type), last_state, checkpoints
+        return y, last_state, checkpoints
 
-    return selective_scan_onnx
+    def static_sizes(u, delta, A, B, C, index_maps=None):
+        if any(t.shape is None for t in (u, delta, A, B, C)) or (index_maps is not None and index_maps.shape is None):
+            raise ValueError("selective_scan ONNX export: the ranks of u, delta, A, B, C (and index_maps) "
+                             "must be known")
+        # a 3-D B or C is one group; the input checks made the group counts of B and C agree
+        groups = next((t.shape[1] for t in (B, C) if len(t.shape) == 4), 1)
+        sizes = (delta.shape[1], A.shape[1], groups) + (() if index_maps is None else (index_maps.shape[0],))
+        if not all(isinstance(s, int) for s in sizes):
+            raise ValueError(f"selective_scan ONNX export: dim, state, groups (and the number of directions) must "
+                             f"be static, got delta {delta.shape}, A {A.shape}, B {B.shape}"
+                             + ("" if index_maps is None else f", index_maps {index_maps.shape}"))
+        return sizes
+
+    def grouped(t):
+        return op.Unsqueeze(t, [1]) if len(t.shape) == 3 else t  # (b, g, n, L)
+
+    def selective_scan_onnx(
+        u: TFloat, delta: TFloat, A: TFloat, B: TFloat, C: TFloat,
+        D: TFloat | None = None, z: TFloat | None = None, delta_bias: TFloat | None = None,
+        delta_softplus: bool = False, backend: str = "auto", save_checkpoints: bool = False,
+    ):
+        """visionssm::selective_scan -> (y, last_state, checkpoints) in standard ONNX (see the module doc)."""
+        dim, state, groups = static_sizes(u, delta, A, B, C)
+        y, last_state, checkpoints = scan(u, delta, A, grouped(B), grouped(C), D, z, delta_bias, delta_softplus,
+                                          dim, state, groups, u.shape[2], u.dtype)
+        return op.Cast(y, to=u.dtype), last_state, checkpoints
+
+    def directional_scan_onnx(
+        u: TFloat, delta: TFloat, A: TFloat, B: TFloat, C: TFloat, index_maps: TInt,
+        D: TFloat | None = None, z: TFloat | None = None, delta_bias: TFloat | None = None,
+        delta_softplus: bool = False, backend: str = "auto", save_checkpoints: bool = False,
+    ):
+        """visionssm::directional_scan -> (y, last_state, checkpoints, empty): every direction's walk
+        gathered, one scan, the outputs gathered back through the inverse maps and summed."""
+        kd, state, groups, K = static_sizes(u, delta, A, B, C, index_maps)
+        d, shared = kd // K, u.shape[1] != kd
+        maps = op.Cast(index_maps, to=ir.DataType.INT64)
+        walks = [op.Gather(maps, op.Constant(value_int=k), axis=0) for k in range(K)]  # (L,) each
+
+        def take(x, axis, shared_by_all=False):
+            """Direction k's part of x (its 1/K of the channels, or all of a shared x) along walk k."""
+            c = x.shape[1] if shared_by_all else x.shape[1] // K
+            return op.Concat(*(op.Gather(x if shared_by_all else op.Slice(
+                x, op.Constant(value_ints=[k * c]), op.Constant(value_ints=[(k + 1) * c]),
+                op.Constant(value_ints=[1])), walks[k], axis=axis) for k in range(K)), axis=1)
+
+        ys, last_state, checkpoints = scan(
+            take(u, 2, shared), take(delta, 2), A, take(grouped(B), 3), take(grouped(C), 3), D, None, delta_bias,
+            delta_softplus, kd, state, groups, u.shape[2], u.dtype)
+        # inverse[k, maps[k, t]] = t: the step of walk k at each position (every entry is written)
+        steps = op.Expand(op.Range(op.Constant(value_int=0), op.Squeeze(op.Shape(maps, start=1, end=2)),
+                                   op.Constant(value_int=1)), op.Shape(maps))
+        inverse = op.ScatterElements(maps, maps, steps, axis=1)
+        y = None
+        for k in range(K):
+            part = op.Gather(op.Slice(ys, op.Constant(value_ints=[k * d]), op.Constant(value_ints=[(k + 1) * d]),
+                                      op.Constant(value_ints=[1])),
+                             op.Gather(inverse, op.Constant(value_int=k), axis=0), axis=2)
+            y = part if y is None else op.Add(y, part)
+        wide = ir.DataType.DOUBLE if u.dtype == ir.DataType.DOUBLE else ir.DataType.FLOAT
+        if z is not None:
+            z = op.Cast(z, to=wide)
+            y = op.Mul(y, op.Mul(z, op.Sigmoid(z)))
+        return op.Cast(y, to=u.dtype), last_state, checkpoints, op.Cast(op.ConstantOfShape(
+            op.Constant(value_ints=[0])), to=wide)
+
+    return {_OP_NAME: selective_scan_onnx, _DIRECTIONAL_OP_NAME: directional_scan_onnx}
 
 
 def block_length(length: int | None) -> int:
@@ -200,7 +256,8 @@ def register() -> None:
 
     if _state["registered"]:
         return
-    torch_op(_OP_NAME, trace_only=True)(_translation())
+    for name, fn in _translation().items():
+        torch_op(name, trace_only=True)(fn)
     _state["registered"] = True
 
 

@@ -444,4 +444,13 @@ def backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ckpt, dout, dl
             dbias_part.sum(0) if delta_bias is not None else None)
 
 
+# The directional scan (visionssm.ops.directional_scan) has no kernel of its own here yet: this
+# module defines no ``directional_forward`` / ``directional_backward``, so on this backend the op
+# gathers each direction's walk into a copy (index_select), runs the kernels above on the K*d
+# channels and gathers the outputs back (the copy-based path, inside the one custom op). A
+# direction-aware kernel would load every tile through the walk's positions (``tl.load`` of the
+# index map's chunk, then pointer offsets from it), loop over the directions inside the program
+# and add each direction's y (and a shared u's du) into the map with a barrier between
+# directions; it is not written because no GPU was at hand to compile and time it.
+
 __all__ = ["CHUNK", "backward", "checkpoint_shape", "forward", "unavailable_reason"]

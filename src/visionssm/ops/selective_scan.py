@@ -116,8 +116,9 @@ def _groups(M: torch.Tensor) -> int:
     return 1 if M.dim() == 3 else M.shape[1]
 
 
-def check_inputs(u, delta, A, B, C, D, z, delta_bias):
-    _need_tensor("u", u, (3,))
+def check_inputs(u, delta, A, B, C, D, z, delta_bias, u_name="u"):
+    """``u_name``: what to call ``u`` in messages (the directional scan checks its delta in u's place)."""
+    _need_tensor(u_name, u, (3,))
     batch, dim, length = u.shape
     _need_tensor("delta", delta, (3,))
     _need_tensor("A", A, (2,))
@@ -127,13 +128,13 @@ def check_inputs(u, delta, A, B, C, D, z, delta_bias):
     _need_tensor("z", z, (3,), optional=True)
     _need_tensor("delta_bias", delta_bias, (1,), optional=True)
     if A.shape[0] != dim:
-        raise ValueError(f"A: expected shape ({dim}, state) to match u's dim {dim}, got {tuple(A.shape)}")
+        raise ValueError(f"A: expected shape ({dim}, state) to match {u_name}'s dim {dim}, got {tuple(A.shape)}")
     state = A.shape[1]
     if state == 0:
         raise ValueError(f"A: expected at least 1 state, got shape {tuple(A.shape)}")
     for name, t in (("delta", delta), ("z", z)):
         if t is not None and t.shape != u.shape:
-            raise ValueError(f"{name}: expected shape {tuple(u.shape)} (same as u), got {tuple(t.shape)}")
+            raise ValueError(f"{name}: expected shape {tuple(u.shape)} (same as {u_name}), got {tuple(t.shape)}")
     for name, t in (("D", D), ("delta_bias", delta_bias)):
         if t is not None and t.shape != (dim,):
             raise ValueError(f"{name}: expected shape ({dim},), got {tuple(t.shape)}")
