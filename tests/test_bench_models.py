@@ -1,6 +1,8 @@
 """visionssm bench (models vs resolution): end to end on tiny models, FLOP counts against a hand
-count, failures recorded instead of raised, the crossover, and the bench target dispatch; the
-isolated-process runner that measures peak memory for the models, scan and dense benchmarks."""
+count, failures recorded instead of raised, the interleaved timing rounds, same-round ratios and
+the crossover (with its 'undecided' sizes), and the bench target dispatch; the isolated-process
+runner that measures peak memory for the models, scan and dense benchmarks, and its kept-alive
+processes that time a case on request."""
 
 import csv
 import json
@@ -12,11 +14,12 @@ import torch
 
 import visionssm  # noqa: F401  (registers the models)
 from visionssm.bench import models as bench_models
-from visionssm.bench.crossover import crossover
+from visionssm.bench.crossover import crossover, crossover_lines, ratio_rows
 from visionssm.bench.flops import count_macs
-from visionssm.bench.isolated import run_isolated
+from visionssm.bench.isolated import LiveCall, run_isolated
 from visionssm.bench.model_case import create_model, model_kind, parse_model
 from visionssm.bench.models import parse_resolution, run_case
+from visionssm.bench.rounds import quartiles, run_rounds, same_round_ratios, speed_verdict
 from visionssm.cli import main
 from visionssm.ops.selective_scan import scan_macs
 
@@ -32,7 +35,7 @@ def _spec(model, h=32, w=32, **kw):
 def test_bench_end_to_end_on_tiny_models(tmp_path, capsys):
     out = tmp_path / "models"
     assert main(["bench", "--models", TINY_VIM, TINY_DEIT, "--resolutions", "32", "48x64",
-                 "--budget", "0.05", "--out", str(out)]) == 0
+                 "--rounds", "3", "--budget", "0", "--out", str(out)]) == 0
     rows = list(csv.DictReader(open(out / "results.csv")))
     cases = {(r["series"], r["resolution"]) for r in rows}
     series = [TINY_VIM, f"{TINY_DEIT} (sdpa)", f"{TINY_DEIT} (explicit)"]
@@ -40,11 +43,23 @@ def test_bench_end_to_end_on_tiny_models(tmp_path, capsys):
     assert all(r["status"] == "ok" for r in rows), [(r["series"], r["note"]) for r in rows]
     assert all(float(r["images_per_s"]) > 0 and float(r["peak_mb"]) >= 0 and float(r["gmacs"]) > 0 for r in rows)
     assert {r["kind"] for r in rows} == {"ssm", "attention"}
-    table = [line for line in (out / "results.md").read_text().splitlines() if line.startswith("| ")]
+    for r in rows:  # the median and interquartile range of three interleaved rounds
+        assert r["rounds"] == "3" and len(r["round_ms"].split()) == 3
+        assert float(r["latency_min_ms"]) <= float(r["latency_q1_ms"]) <= float(r["latency_ms"]) \
+            <= float(r["latency_q3_ms"])
+        assert float(r["images_per_s"]) == pytest.approx(1e3 / float(r["latency_ms"]))
+    ratios = list(csv.DictReader(open(out / "ratios.csv")))
+    assert {(r["peer"], r["resolution"]) for r in ratios} == {(s, res) for s in series[1:] for res in ("32", "48x64")}
+    assert all(r["ssm"] == TINY_VIM and r["rounds"] == "3" and r["speed"] in ("faster", "slower", "undecided")
+               and float(r["ratio_q1"]) <= float(r["ratio"]) <= float(r["ratio_q3"]) for r in ratios)
+    md = (out / "results.md").read_text()
+    table = [line for line in md.split("Same-round")[0].splitlines() if line.startswith("| ")]
     assert len(table) == len(rows) + 1  # header + one line per case
+    assert f"| {TINY_VIM} vs {TINY_DEIT} (sdpa) | " in md
     assert (out / "machine.txt").read_text().strip()
     printed = capsys.readouterr().out
     assert "Crossover" in printed and f"{TINY_VIM} vs {TINY_DEIT} (explicit) [attention] -> speed:" in printed
+    assert "Same-round ratios" in printed
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -68,7 +83,7 @@ def test_vim_macs_equal_a_hand_count():
     hand = patches * P * P * 3 * D + 2 * per_block + D * C
     assert count_macs(model, (h, w)) == hand
     by_op = count_macs(model, (h, w), by_op=True)
-    assert by_op["visionssm.selective_scan"] == 2 * scan_macs(1, 2 * E, L, N)
+    assert by_op["visionssm.directional_scan"] == 2 * scan_macs(1, 2 * E, L, N)
     # backward: every matmul/conv twice (input and weight gradients; the patch conv has no input
     # gradient) and the scan twice its forward -- with torch's depthwise-conv miscount corrected
     assert count_macs(model, (h, w), backward=True) == 3 * hand - patches * P * P * 3 * D
@@ -118,17 +133,119 @@ def test_an_unsupported_size_or_kwarg_is_recorded_not_raised():
     assert row["status"] == "unsupported" and "no_such_kwarg" in row["note"]
 
 
-def test_failures_skip_the_larger_sizes_and_are_marked(tmp_path, monkeypatch, capsys):
-    calls = []
+class FakeTimer:
+    """A kept-alive case that records the order in which it is timed; ``seconds(round)`` its time."""
+
+    def __init__(self, spec, order, seconds, fail_in_round=None):
+        self.spec, self.order, self.seconds, self.fail_in_round = spec, order, seconds, fail_in_round
+        self.name = (spec["model"], spec["attention"], spec["height"]) if isinstance(spec, dict) else spec
+        self.row, self.rounds, self.pid = {}, 0, None
+
+    @property
+    def failed(self):
+        return "status" in self.row
+
+    def time(self, calls=1):
+        self.rounds += 1
+        self.order.append(self.name)
+        if self.rounds == self.fail_in_round:
+            self.row.update(status="timeout", note="simulated")
+            return None
+        return [self.seconds(self.rounds)] * calls
+
+    def close(self):
+        pass
+
+
+def _fake_cases(monkeypatch, oom=lambda spec: False, seconds=lambda spec, r: 0.01):
+    """Fake the fresh-process pass (``run_case``) and the kept-alive timers (``open_case``) of
+    ``visionssm bench``; the record of their calls."""
+    calls, order = [], []
 
     def fake_run_case(spec, time_limit_s):
         calls.append((spec["model"], spec["attention"], spec["height"]))
-        if spec["model"] == TINY_DEIT and spec["attention"] == "explicit" and spec["height"] >= 64:
+        if oom(spec):
             return dict(status="oom", note="simulated")
-        return dict(status="ok", latency_ms=10.0, images_per_s=100.0 * 32 / spec["height"], peak_mb=spec["height"],
-                    gmacs=1.0, params_m=1.0)
+        return dict(status="ok", peak_mb=spec["height"], weights_mb=1.0, gmacs=1.0, params_m=1.0)
 
     monkeypatch.setattr(bench_models, "run_case", fake_run_case)
+    monkeypatch.setattr(bench_models, "open_case", lambda spec, time_limit_s, release=False: FakeTimer(
+        spec, order, lambda r: seconds(spec, r)))
+    return calls, order
+
+
+def test_the_cases_of_a_resolution_are_timed_in_interleaved_rounds(tmp_path, monkeypatch):
+    _, order = _fake_cases(monkeypatch)
+    assert main(["bench", "--models", TINY_VIM, "resnet18", TINY_DEIT, "--resolutions", "32", "64",
+                 "--rounds", "3", "--budget", "0", "--out", str(tmp_path)]) == 0
+    cases = [(TINY_VIM, "-"), ("resnet18", "-"), (TINY_DEIT, "sdpa"), (TINY_DEIT, "explicit")]
+    # round 1: every case once, in turn; then round 2; ...; then the next resolution
+    assert order == [(m, a, h) for h in (32, 64) for _ in range(3) for m, a in cases]
+    rows = list(csv.DictReader(open(tmp_path / "results.csv")))
+    assert all(r["rounds"] == "3" and r["round_ms"] == "10 10 10" for r in rows)
+
+
+def test_rounds_go_on_while_the_budget_lasts_and_a_failed_case_sits_out():
+    order = []
+    a = FakeTimer("a", order, lambda r: 0.5)
+    b = FakeTimer("b", order, lambda r: 0.1, fail_in_round=2)
+    c = FakeTimer("c", order, lambda r: 0.2)
+    seconds = run_rounds([a, b, c], rounds=2, budget_s=1.4)
+    # at least two rounds; a third since the slowest (a) had run 1.0 s < 1.4 s; then 1.5 s: done
+    assert order == ["a", "b", "c", "a", "b", "c", "a", "c"]
+    assert seconds == [[0.5] * 3, [0.1], [0.2] * 3] and b.row["status"] == "timeout"
+    order.clear()
+    assert run_rounds([FakeTimer("d", order, lambda r: 1e-3)], rounds=1, budget_s=10, max_rounds=4) == [[1e-3] * 4]
+
+
+def test_same_round_ratios_decide_the_speed_or_leave_it_undecided():
+    assert same_round_ratios([8, 12, 9], [10, 10, 10]) == pytest.approx([0.8, 1.2, 0.9])
+    assert quartiles([0.8, 1.2, 0.9]) == pytest.approx((0.85, 0.9, 1.05))  # linear interpolation
+    assert speed_verdict([0.8, 1.2, 0.9]) == "undecided"  # the interquartile range covers 1
+    assert speed_verdict([0.5, 0.6, 0.55]) == "faster"
+    assert speed_verdict([1.3, 1.1, 1.2]) == "slower"
+    assert speed_verdict([0.5, 0.6, 0.55, 0.7, 3.0]) == "faster"  # one spiked round does not decide it
+
+    def row(series, res, ms, kind="ssm", mb=1.0):
+        return dict(series=series, resolution=str(res), pixels=res * res, status="ok", kind=kind, peak_mb=mb,
+                    latency_ms=sorted(ms)[1], images_per_s=1e3 / sorted(ms)[1], round_ms=ms)
+
+    rows = [row("ssm", 224, [20, 21, 22]), row("cnn", 224, [10, 10, 11], "other", 2),
+            # the SSM's median is faster at 512, but in some rounds it is slower: undecided
+            row("ssm", 512, [80, 120, 90]), row("cnn", 512, [100, 100, 100], "other", 2),
+            row("ssm", 1024, [300, 310, 320]), row("cnn", 1024, [600, 620, 640], "other", 2)]
+    assert crossover(rows, "ssm", "cnn", "speed") == "1024"
+    assert crossover(rows, "ssm", "cnn", "speed", undecided_wins=True) == "512"
+    assert crossover_lines(rows) == ["ssm vs cnn [other] -> speed: undecided at 512 (from 512 or from 1024), "
+                                     "memory: from 224, both: undecided at 512 (from 512 or from 1024)"]
+    ratios = {r["resolution"]: r for r in ratio_rows(rows)}
+    assert ratios["512"]["speed"] == "undecided" and ratios["512"]["ratio"] == pytest.approx(0.9)
+    assert ratios["224"]["speed"] == "slower" and ratios["1024"]["speed"] == "faster"
+    rows[2]["round_ms"] = [80, 85, 90]  # decided now
+    assert crossover_lines(rows)[0] == "ssm vs cnn [other] -> speed: from 512, memory: from 224, both: from 512"
+
+
+def test_a_kept_alive_case_is_timed_on_request_and_records_its_failures():
+    spec = dict(model="resnet18", attention="-", height=32, width=32, batch_size=1, train=False, device="cpu")
+    case = LiveCall("visionssm.bench.model_case:time_case", spec, 60)
+    try:
+        got = [case.time(2) for _ in range(2)]
+        assert not case.failed and all(len(s) == 2 and min(s) > 0 for s in got), case.row
+        case.time_limit_s = 1e-4  # a round over the limit: the process is ended, the case recorded
+        assert case.time() is None and case.row["status"] == "timeout"
+    finally:
+        case.close()
+    bad = LiveCall("visionssm.bench.model_case:time_case", dict(spec, model="resnet18:no_such_kwarg=1"), 60)
+    assert bad.failed and bad.row["status"] == "unsupported" and "no_such_kwarg" in bad.row["note"]
+    assert bad.time() is None
+    bad.close()
+
+
+def test_failures_skip_the_larger_sizes_and_are_marked(tmp_path, monkeypatch, capsys):
+    calls, _ = _fake_cases(monkeypatch, oom=lambda spec: spec["model"] == TINY_DEIT and spec["attention"] == "explicit"
+                           and spec["height"] >= 64,
+                           seconds=lambda spec, r: 0.01 * spec["height"] / 32 * (1.5 if spec["model"] == TINY_VIM
+                                                                                  else 1))
     out = tmp_path / "m"
     assert main(["bench", "--models", TINY_VIM, TINY_DEIT, "--resolutions", "32", "64", "96", "--out", str(out)]) == 0
     rows = list(csv.DictReader(open(out / "results.csv")))

@@ -1,43 +1,72 @@
-"""The crossover of the models benchmark: from which resolution an SSM model beats a peer."""
+"""The crossover of the models benchmark: from which resolution an SSM model beats a peer.
+
+Speed is judged by same-round ratios (:mod:`visionssm.bench.rounds`): the SSM's time over the peer's
+in each round, where both ran in the same rounds; the SSM wins where the interquartile range of
+those ratios lies below 1, loses where it lies above, and the size is 'undecided' where it covers 1.
+Rows without per-round times (``round_ms``) are compared by images/s.
+"""
 
 from __future__ import annotations
 
 import math
 
 from visionssm.bench.isolated import FAILED
+from visionssm.bench.rounds import quartiles, same_round_ratios, speed_verdict
+
+METRICS = ("speed", "memory", "both")
 
 
-def crossover(rows: list[dict], ssm: str, peer: str, metric: str) -> str | None:
-    """The smallest resolution from which ``ssm`` beats ``peer`` at it and every larger one.
+def speed_ratios(a: dict, b: dict) -> list[float]:
+    """Case a's time over case b's in each round (both rows ok and timed in the same rounds), else []."""
+    if a.get("status") != "ok" or b.get("status") != "ok" or not a.get("round_ms") or not b.get("round_ms"):
+        return []
+    return same_round_ratios(a["round_ms"], b["round_ms"])
 
-    metric 'speed' (more images/s), 'memory' (less peak memory) or 'both'. The peer failing (out of
-    memory or time) where the SSM ran counts as a win; the SSM failing where the peer ran as a
-    loss. Returns None when the SSM does not win at the largest resolution.
-    """
+
+def outcome(a: dict, b: dict, metric: str) -> str | None:
+    """'win', 'loss' or 'undecided' of the SSM row ``a`` against the peer row ``b`` of one
+    resolution in ``metric`` ('speed', 'memory' or 'both'); None when neither ran. The peer failing
+    (out of memory or time) where the SSM ran counts as a win; the SSM failing where the peer ran
+    as a loss."""
+    a_ok, b_ok = a["status"] == "ok", b["status"] == "ok"
+    if not a_ok and not b_ok:
+        return None
+    if a_ok and not b_ok:
+        return "win" if b["status"] in FAILED else "loss"
+    if not a_ok:
+        return "loss"
+    ratios = speed_ratios(a, b)
+    if ratios:
+        speed = {"faster": "win", "slower": "loss", "undecided": "undecided"}[speed_verdict(ratios)]
+    else:
+        speed = "win" if a["images_per_s"] > b["images_per_s"] else "loss"
+    memory = "win" if _num(a.get("peak_mb")) < _num(b.get("peak_mb")) else "loss"
+    if metric != "both":
+        return {"speed": speed, "memory": memory}[metric]
+    return "loss" if "loss" in (speed, memory) else "win" if speed == memory == "win" else "undecided"
+
+
+def outcomes(rows: list[dict], ssm: str, peer: str, metric: str) -> list[tuple[str, str]]:
+    """(resolution, outcome) of ``ssm`` against ``peer``, smallest resolution first, where either ran."""
     by = {}
     for r in rows:
         by.setdefault(r["resolution"], {})[r["series"]] = r
     order = sorted(by, key=lambda k: by[k][next(iter(by[k]))]["pixels"])
-    wins = []
+    got = []
     for res in order:
         a, b = by[res].get(ssm), by[res].get(peer)
-        if a is None or b is None:
-            continue
-        a_ok, b_ok = a["status"] == "ok", b["status"] == "ok"
-        if not a_ok and not b_ok:
-            continue
-        if a_ok and not b_ok:
-            win = b["status"] in FAILED
-        elif not a_ok:
-            win = False
-        else:
-            fast = a["images_per_s"] > b["images_per_s"]
-            small = _num(a.get("peak_mb")) < _num(b.get("peak_mb"))
-            win = {"speed": fast, "memory": small, "both": fast and small}[metric]
-        wins.append((res, win))
+        if a is not None and b is not None and (o := outcome(a, b, metric)) is not None:
+            got.append((res, o))
+    return got
+
+
+def crossover(rows: list[dict], ssm: str, peer: str, metric: str, undecided_wins: bool = False) -> str | None:
+    """The smallest resolution from which ``ssm`` beats ``peer`` at it and every larger one
+    (``undecided_wins``: counting the undecided sizes as wins); None when it does not win at the
+    largest resolution."""
     first = None
-    for res, win in reversed(wins):
-        if not win:
+    for res, o in reversed(outcomes(rows, ssm, peer, metric)):
+        if not (o == "win" or (undecided_wins and o == "undecided")):
             break
         first = res
     return first
@@ -47,18 +76,67 @@ def _num(v):
     return float("inf") if v is None or (isinstance(v, float) and math.isnan(v)) else v
 
 
-def crossover_lines(rows: list[dict]) -> list[str]:
+def _pairs(rows: list[dict]):
     series = list(dict.fromkeys(r["series"] for r in rows))
     kinds = {r["series"]: r["kind"] for r in rows}
-    ssms = [s for s in series if kinds[s] == "ssm"]
     peers = [s for s in series if kinds[s] != "ssm"]
     peers.sort(key=lambda s: kinds[s] != "attention")  # attention first
+    return [(a, b, kinds[b]) for a in series if kinds[a] == "ssm" for b in peers]
+
+
+def crossover_text(rows: list[dict], ssm: str, peer: str, metric: str, largest: str) -> str:
+    """'speed: from 512', 'speed: not up to 1248', or, where undecided sizes leave it open,
+    'speed: undecided at 512, 1024 (from 512 or from 1248)'."""
+    decided = crossover(rows, ssm, peer, metric)
+    hopeful = crossover(rows, ssm, peer, metric, undecided_wins=True)
+    strict = f"from {decided}" if decided else f"not up to {largest}"
+    if hopeful == decided:
+        return f"{metric}: {strict}"
+    got = outcomes(rows, ssm, peer, metric)
+    sizes = [res for res, _ in got]
+    start = sizes.index(hopeful)
+    stop = sizes.index(decided) if decided else len(sizes)
+    open_at = [res for res, o in got[start:stop] if o == "undecided"]
+    return f"{metric}: undecided at {', '.join(open_at)} (from {hopeful} or {strict})"
+
+
+def crossover_lines(rows: list[dict]) -> list[str]:
+    """One line per (SSM, peer): its speed, memory and both crossovers."""
     largest = max(rows, key=lambda r: r["pixels"])["resolution"] if rows else "-"
-    lines = []
-    for a in ssms:
-        for b in peers:
-            got = {m: crossover(rows, a, b, m) for m in ("speed", "memory", "both")}
-            text = ", ".join(f"{m}: from {got[m]}" if got[m] else f"{m}: not up to {largest}"
-                             for m in ("speed", "memory", "both"))
-            lines.append(f"{a} vs {b} [{kinds[b]}] -> {text}")
+    return [f"{a} vs {b} [{kind}] -> " + ", ".join(crossover_text(rows, a, b, m, largest) for m in METRICS)
+            for a, b, kind in _pairs(rows)]
+
+
+def ratio_rows(rows: list[dict]) -> list[dict]:
+    """Per (SSM, peer, resolution) timed in the same rounds: the median of the same-round ratios
+    (SSM time / peer time), their interquartile range, and the verdict."""
+    by = {(r["series"], r["resolution"]): r for r in rows}
+    sizes = sorted({(r["pixels"], r["resolution"]) for r in rows})
+    out = []
+    for a, b, kind in _pairs(rows):
+        for pixels, res in sizes:
+            ratios = speed_ratios(by.get((a, res), {}), by.get((b, res), {}))
+            if ratios:
+                q1, med, q3 = quartiles(ratios)
+                out.append(dict(ssm=a, peer=b, peer_kind=kind, resolution=res, pixels=pixels, rounds=len(ratios),
+                                ratio=med, ratio_q1=q1, ratio_q3=q3, speed=speed_verdict(ratios)))
+    return out
+
+
+def ratio_table(ratios: list[dict]) -> list[str]:
+    """Markdown: one line per (SSM, peer), one column per resolution: 'median (q1-q3)' of the
+    same-round ratios, and 'undecided' where the range covers 1."""
+    if not ratios:
+        return []
+    sizes = [res for _, res in sorted({(r["pixels"], r["resolution"]) for r in ratios})]
+    pairs = list(dict.fromkeys((r["ssm"], r["peer"]) for r in ratios))
+    cell = {(r["ssm"], r["peer"], r["resolution"]): r for r in ratios}
+    lines = ["| SSM vs peer | " + " | ".join(sizes) + " |", "|" + "---|" * (len(sizes) + 1)]
+    for a, b in pairs:
+        cells = []
+        for res in sizes:
+            r = cell.get((a, b, res))
+            cells.append("-" if r is None else f"{r['ratio']:.3g} ({r['ratio_q1']:.3g}-{r['ratio_q3']:.3g})"
+                         + (" undecided" if r["speed"] == "undecided" else ""))
+        lines.append(f"| {a} vs {b} | " + " | ".join(cells) + " |")
     return lines

@@ -1,9 +1,11 @@
-"""What benchmarks need of the machine: a one-line description, and its memory figures from /proc."""
+"""What benchmarks need of the machine: a one-line description, its memory figures from /proc, and the
+CPUs other processes kept busy while a benchmark ran."""
 
 from __future__ import annotations
 
 import os
 import platform
+import time
 
 import torch
 
@@ -45,3 +47,44 @@ def available_mb() -> float | None:
         return status_kb("MemAvailable", "/proc/meminfo") / 1024
     except (OSError, StopIteration):
         return None
+
+
+def _machine_busy_s() -> float:
+    """CPU-seconds the whole machine has spent busy since boot (Linux: /proc/stat)."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in f.readline().split()[1:8])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def _process_s(pid: int) -> float:
+    """CPU-seconds process ``pid`` has used (0 once it has gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class LoadMeter:
+    """The CPUs other processes keep busy while ``pids`` (and this process) run: ``meter =
+    LoadMeter(pids)``, then ``meter.others()`` -> CPUs busy on average since (e.g. 1.2 of 2), the
+    machine's busy time less that of ``pids`` and this process; None where /proc does not say."""
+
+    def __init__(self, pids=()):
+        self.pids = [p for p in pids if p]
+        self.start = self._read()
+
+    def _read(self):
+        try:
+            own = sum(os.times()[:2])
+            return time.perf_counter(), _machine_busy_s(), own + sum(_process_s(p) for p in self.pids)
+        except (OSError, ValueError, AttributeError):
+            return None
+
+    def others(self) -> float | None:
+        end = self._read()
+        if self.start is None or end is None or end[0] <= self.start[0]:
+            return None
+        busy, ours = end[1] - self.start[1], end[2] - self.start[2]
+        return max(busy - ours, 0.0) / (end[0] - self.start[0])

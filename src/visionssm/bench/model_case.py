@@ -1,9 +1,10 @@
 """One case of the models benchmark: a model, given as 'NAME[:key=value...]', at one resolution.
 
-:func:`measure_case` runs in a fresh process (:func:`visionssm.bench.isolated.run_isolated`): it
-builds the model, records its size and MACs, times the step (inference, or forward + backward +
-AdamW with ``train``) and hands the step back for the runner to measure its peak memory, after the
-timed calls, so the weights, the input and the optimizer's state are resident before it.
+It runs in two processes of its own (:mod:`visionssm.bench.isolated`): :func:`measure_case` in a
+fresh process builds the model, records its size and MACs, warms the step up (inference, or forward
++ backward + AdamW with ``train``) and hands it back for the runner to measure its peak memory, so
+the weights, the input and the optimizer's state are resident before it; :func:`time_case` in a
+process kept alive builds and warms up the same step and hands it back for the timing rounds.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import torch
 
 from visionssm.bench.flops import count_macs
 from visionssm.bench.isolated import is_oom
-from visionssm.bench.measure import best_time
 from visionssm.engine import models as engine
 
 # timm models that are vision SSMs too (EfficientViM's hidden-state-mixer SSD)
@@ -83,31 +83,43 @@ def _make_step(model, x, train: bool, device: torch.device):
     return step
 
 
-def measure_case(child, model: str, attention: str, height: int, width: int, batch_size: int, train: bool,
-                 device: str, budget_s: float):
-    """Run in the case's own process: emit params_m, weights_mb, gmacs (step_gmacs), latency_ms and
-    images_per_s; return the step whose peak memory the runner measures (None when it cannot be built)."""
+def _setup(child, model: str, attention: str, size: tuple[int, int], batch_size: int, train: bool,
+           device: str, count: bool):
+    """Build the case's step, emit its size (and, with ``count``, its MACs), warm it up; the step,
+    or None when it cannot be built (its ``status`` emitted)."""
     device = torch.device(device)
-    size = (height, width)
     try:
         net = create_model(model, size, attention)
     except Exception as e:
         child.emit(status="oom" if is_oom(e) else "unsupported", note=f"{type(e).__name__}: {e}"[:300])
         return None
-    child.emit(params_m=sum(p.numel() for p in net.parameters()) / 1e6,
-               weights_mb=sum(t.numel() * t.element_size() for t in (*net.parameters(), *net.buffers())) / 2**20)
-    try:
-        child.emit(gmacs=count_macs(net, size) / 1e9)
-        if train:
-            child.emit(step_gmacs=count_macs(net, size, backward=True) / 1e9)
-    except Exception as e:  # the measurement still runs
-        child.emit(note=f"MACs not counted ({type(e).__name__}: {e})"[:300])
+    if count:
+        child.emit(params_m=sum(p.numel() for p in net.parameters()) / 1e6,
+                   weights_mb=sum(t.numel() * t.element_size() for t in (*net.parameters(), *net.buffers())) / 2**20)
+        try:
+            child.emit(gmacs=count_macs(net, size) / 1e9)
+            if train:
+                child.emit(step_gmacs=count_macs(net, size, backward=True) / 1e9)
+        except Exception as e:  # the measurement still runs
+            child.emit(note=f"MACs not counted ({type(e).__name__}: {e})"[:300])
     gc.collect()
     net.to(device).train(train)
     x = torch.randn(batch_size, getattr(net, "in_chans", 3), *size, device=device)
     step = _make_step(net, x, train, device)
     child.cap_memory()
-    # the first call (best_time's warm-up) pays one-time costs: lazy initialisation, caches
-    t = best_time(step, budget_s=budget_s, min_reps=1, max_reps=10)
-    child.emit(latency_ms=1e3 * t, images_per_s=batch_size / t)
+    step()  # the warm-up pays one-time costs: lazy initialisation, caches
     return step
+
+
+def measure_case(child, model: str, attention: str, height: int, width: int, batch_size: int, train: bool,
+                 device: str):
+    """Run in the case's fresh process: emit params_m, weights_mb and gmacs (step_gmacs); return the
+    warmed-up step whose peak memory the runner measures (None when it cannot be built)."""
+    return _setup(child, model, attention, (height, width), batch_size, train, device, count=True)
+
+
+def time_case(child, model: str, attention: str, height: int, width: int, batch_size: int, train: bool,
+              device: str):
+    """Run in the case's process kept alive for the timing rounds: the warmed-up step (None when it
+    cannot be built)."""
+    return _setup(child, model, attention, (height, width), batch_size, train, device, count=False)

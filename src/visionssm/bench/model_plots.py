@@ -9,7 +9,8 @@ from visionssm.bench.isolated import FAILED
 
 
 def plot(rows, out: Path, title: str) -> list[Path]:
-    """throughput.png and memory.png: log-log, one line per series, failures marked at the axis edge."""
+    """throughput.png and memory.png: log-log, one line per series (throughput at the median of the
+    timing rounds, a bar over their interquartile range), failures marked at the axis edge."""
     try:
         import matplotlib
 
@@ -34,6 +35,11 @@ def plot(rows, out: Path, title: str) -> list[Path]:
             style = "-" if pts[0]["kind"] == "ssm" else ("--" if pts[0]["kind"] == "attention" else ":")
             if ok:
                 ax.plot(*zip(*ok), style, marker="o", color=color, label=s)
+            if key == "images_per_s":  # the interquartile range of the timing rounds
+                for r in pts:
+                    if r["status"] == "ok" and r.get("latency_q1_ms") and r.get("latency_q3_ms"):
+                        ax.vlines(math.sqrt(r["pixels"]), 1e3 * r["batch_size"] / r["latency_q3_ms"],
+                                  1e3 * r["batch_size"] / r["latency_q1_ms"], color=color, alpha=0.6)
             trans = mtransforms.blended_transform_factory(ax.transData, ax.transAxes)
             for x, status in bad:
                 ax.plot([x], [edge], marker="x", markersize=10, mew=2, color=color, transform=trans, clip_on=False)

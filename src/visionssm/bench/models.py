@@ -1,26 +1,43 @@
 """Models vs resolution: where do vision SSMs beat attention (and where not)?
 
-For every (model, attention mode, resolution) it measures, in a fresh process per case so cases do
-not pollute each other: latency and images/s at a chosen batch, peak memory of the step (CPU: the
-growth of the resident set; CUDA: the growth of the peak allocated memory; measured on a call
-after the timed ones, so the weights, the input and, with ``--train``, the optimizer state are
-resident before it and not included), GMACs per image counted with ``FlopCounterMode`` (the
-selective scan by its registered formula, 9BLDN + BDL), and the parameter count. Inference (no
-grad) by default; ``--train`` times a training step (forward, backward, AdamW step).
+For every (model, attention mode, resolution) it measures: latency and images/s at a chosen batch,
+peak memory of the step (CPU: the growth of the resident set; CUDA: the growth of the peak
+allocated memory; measured after a warm-up call, so the weights, the input and, with ``--train``,
+the optimizer state are resident before it and not included), GMACs per image counted with
+``FlopCounterMode`` (the selective scan by its registered formula, 9BLDN + BDL), and the parameter
+count. Inference (no grad) by default; ``--train`` times a training step (forward, backward, AdamW
+step).
+
+Size, MACs and peak memory come from a fresh process per case, one case at a time. Latency comes
+from interleaved rounds, so that load on the machine cannot fool it: the cases of one resolution
+are each built and warmed up in a process kept alive, then timed in turn, round after round (round
+1: case A, case B, ...; round 2: A, B, ...): a busy neighbour slows all the cases of the rounds it
+overlaps alike. ``latency ms`` is the median of a case's per-round times, ``q1 ms``-``q3 ms`` their
+interquartile range; at least ``--rounds`` rounds, more while the slowest case has run under
+``--budget`` seconds (at most 30, or ``--rounds``). Speed crossovers come from same-round ratios (the SSM's time over
+the peer's in each round): a size is 'undecided' where the interquartile range of those ratios
+covers 1 (the SSM faster in some rounds and slower in others). The run also records how many CPUs
+other processes kept busy during each resolution's rounds (``other_cpus``) and warns when the
+machine was not quiet: interleaving evens out *when* load strikes, not *how much* each case suffers
+from it (with several threads per case, a case whose threads often wait on each other stalls most
+when one of them is descheduled).
 
 Attention models (timm modules with a ``fused_attn`` switch: ViT, DeiT, ...) are run twice:
 ``sdpa``, PyTorch's fused ``scaled_dot_product_attention`` (what a user gets today; memory linear
 in the tokens), and ``explicit``, softmax(QK^T)V with the (tokens x tokens) matrix materialised, as
 the 2024 papers measured it.
 
-A case never stops the run: out-of-memory, the per-case time limit and an unsupported size are
-recorded as such, and a series skips the resolutions above the one where it ran out of memory or
-time. The run writes results.csv, results.md, throughput.png and memory.png (log-log, one line
-per model, failures marked) and machine.txt into --out, and prints the crossover: the smallest
-resolution from which each SSM model is faster than, and uses less memory than, each peer.
+A case never stops the run: out-of-memory, the per-case time limit (on the fresh process, on the
+set-up of the kept-alive one, on each of its rounds) and an unsupported size are recorded as such,
+and a series skips the resolutions above the one where it ran out of memory or time. The run
+writes results.csv, results.md, ratios.csv (the same-round ratios), throughput.png and memory.png
+(log-log, one line per model, failures marked) and machine.txt into --out, and prints the
+crossover: the smallest resolution from which each SSM model is faster than, and uses less memory
+than, each peer.
 
     visionssm bench [--models M ...] [--resolutions 224 512 1024x768 ...] [--batch-size 1]
-                    [--train] [--device cpu|cuda] [--full] [--out bench-out/models]
+                    [--train] [--device cpu|cuda] [--full] [--rounds 5] [--budget 2]
+                    [--out bench-out/models]
 """
 
 from __future__ import annotations
@@ -34,11 +51,12 @@ from pathlib import Path
 import torch
 
 from visionssm.bench import report
-from visionssm.bench.crossover import crossover_lines
-from visionssm.bench.isolated import FAILED, run_isolated
-from visionssm.bench.machine import available_mb, describe
+from visionssm.bench.crossover import crossover_lines, ratio_rows, ratio_table
+from visionssm.bench.isolated import FAILED, LiveCall, run_isolated
+from visionssm.bench.machine import LoadMeter, available_mb, describe
 from visionssm.bench.model_case import model_kind, parse_model
 from visionssm.bench.model_plots import plot
+from visionssm.bench.rounds import MAX_ROUNDS, latency_fields, run_rounds
 
 # the default run (the README's main job): the Vim paper's comparison (Vim-Ti vs DeiT-Ti in both
 # attention modes, up to its 1248 headline) and VMamba-T vs MambaOut-T (the same gated-CNN
@@ -51,8 +69,14 @@ FULL_MODELS = ["vim_tiny_patch16_224", "vim_small_patch16_224", "vmamba_tiny_s1l
 FULL_RESOLUTIONS = ["224", "512", "640", "738", "1024", "1248", "1536", "2048"]
 ATTENTION_MODES = ("sdpa", "explicit")
 COLUMNS = [("series", "model"), ("kind", "kind"), ("resolution", "resolution"), ("status", "status"),
-           ("latency_ms", "latency ms"), ("images_per_s", "images/s"), ("peak_mb", "peak MB"),
+           ("latency_ms", "latency ms"), ("latency_q1_ms", "q1 ms"), ("latency_q3_ms", "q3 ms"),
+           ("rounds", "rounds"), ("images_per_s", "images/s"), ("peak_mb", "peak MB"),
            ("gmacs", "GMACs/img"), ("step_gmacs", "train GMACs/img"), ("params_m", "params M")]
+# other processes keeping more CPUs than this busy during a resolution's rounds: not a quiet machine
+BUSY_CPUS = 0.25
+BUSY_WARNING = ("not a quiet machine: every case's times are inflated, and with several threads per case "
+                "unevenly (a case whose threads wait on each other often stalls most when one is descheduled), "
+                "so even same-round ratios can be off; rerun on a quiet machine")
 
 
 def parse_resolution(text: str) -> tuple[int, int]:
@@ -76,13 +100,43 @@ def series_name(model: str, attention: str) -> str:
 
 
 def run_case(spec: dict, time_limit_s: float) -> dict:
-    """One case (model, attention, height, width, batch_size, train, device, budget_s and
-    memory_limit_mb) in a fresh process; its row."""
-    args = {k: v for k, v in spec.items() if k != "memory_limit_mb"}
+    """One case's size, MACs and peak memory (spec: model, attention, height, width, batch_size,
+    train, device and memory_limit_mb) in a fresh process; its row."""
+    args = {k: v for k, v in spec.items() if k not in ("memory_limit_mb", "budget_s")}
     row = run_isolated("visionssm.bench.model_case:measure_case", args, time_limit_s, device=spec["device"],
                        memory_limit_mb=spec.get("memory_limit_mb"))
-    row.pop("measured_s", None)  # latency_ms times the step
+    row.pop("measured_s", None)  # the rounds time the step
     return row
+
+
+def open_case(spec: dict, time_limit_s: float, release: bool = False) -> LiveCall:
+    """The case ``spec`` built and warmed up in a process kept alive for the timing rounds."""
+    args = {k: v for k, v in spec.items() if k not in ("memory_limit_mb", "budget_s")}
+    return LiveCall("visionssm.bench.model_case:time_case", args, time_limit_s, device=spec["device"],
+                    memory_limit_mb=spec.get("memory_limit_mb"), release=release)
+
+
+def time_in_rounds(rows: list[dict], specs: list[dict], time_limit_s: float, rounds: int, budget_s: float,
+                   release: bool = False, on_round=None) -> float | None:
+    """Time the cases ``specs`` (of one resolution) in interleaved rounds and add their timing
+    columns to ``rows``; a case that fails there gets its status and note. Returns the CPUs other
+    processes kept busy during the rounds (None where the system does not say)."""
+    timers = []
+    try:
+        for spec in specs:
+            timers.append(open_case(spec, time_limit_s, release))
+        meter = LoadMeter([getattr(t, "pid", None) for t in timers])
+        seconds = run_rounds(timers, rounds, budget_s, max_rounds=MAX_ROUNDS, on_round=on_round)
+        others = meter.others()
+        for row, spec, timer, got in zip(rows, specs, timers, seconds):
+            if timer.failed:
+                row.update(status=timer.row["status"], note=f"timing: {timer.row.get('note', '')}"[:300])
+            else:
+                row.update(latency_fields(got, spec["batch_size"]), other_cpus=others)
+        return others
+    finally:
+        for timer in timers:
+            timer.close()
 
 
 def format_row(row: dict) -> str:
@@ -94,32 +148,50 @@ def _table(rows: list[dict]) -> list[str]:
     return report.markdown_table(rows, [(k, t) for k, t in COLUMNS if any(r.get(k) is not None for r in rows)])
 
 
-def write_results(rows, machine: str, settings: str, cross: list[str], out: Path) -> None:
+def write_results(rows, machine: str, settings: str, ratios: list[dict], cross: list[str], out: Path,
+                  busy: dict | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    report.write_csv(rows, out / "results.csv", first=[
+    csv_rows = [{**r, "round_ms": " ".join(f"{v:.4g}" for v in r["round_ms"])} if r.get("round_ms") else r
+                for r in rows]
+    report.write_csv(csv_rows, out / "results.csv", first=[
         "series", "model", "attention", "kind", "resolution", "height", "width", "pixels", "batch_size", "mode",
-        "device", "status", "latency_ms", "images_per_s", "peak_mb", "weights_mb", "gmacs", "step_gmacs",
-        "params_m", "wall_s", "note"])
+        "device", "status", "latency_ms", "latency_q1_ms", "latency_q3_ms", "latency_min_ms", "rounds",
+        "images_per_s", "peak_mb", "weights_mb", "gmacs", "step_gmacs", "params_m", "other_cpus", "wall_s", "note",
+        "round_ms"])
+    report.write_csv(ratios, out / "ratios.csv", first=[
+        "ssm", "peer", "peer_kind", "resolution", "pixels", "rounds", "ratio", "ratio_q1", "ratio_q3", "speed"])
     (out / "machine.txt").write_text(machine + "\n")
     lines = [f"Machine: {machine}", "", settings, "",
-             "peak MB: memory of one step above what is resident before it: weights, input and, when "
-             "training, the optimizer state (CPU: resident-set growth, a fresh process per case; CUDA: growth "
-             "of the peak allocated). GMACs: per image, forward, FlopCounterMode (the scan by 9BLDN+BDL); "
-             "train GMACs: forward+backward.", ""]
+             "latency ms: the median of the case's per-round times (the cases of a resolution timed in "
+             "interleaved rounds, each in a process kept alive); q1 ms, q3 ms: their interquartile range "
+             "(25th and 75th percentiles); images/s at the median. peak MB: memory of one step above what is "
+             "resident before it: weights, input and, when training, the optimizer state (CPU: resident-set "
+             "growth, a fresh process per case; CUDA: growth of the peak allocated). GMACs: per image, "
+             "forward, FlopCounterMode (the scan by 9BLDN+BDL); train GMACs: forward+backward.", ""]
+    if busy:
+        loud = {res: c for res, c in busy.items() if c > BUSY_CPUS}
+        lines += ["CPUs other processes kept busy during the rounds: "
+                  + ", ".join(f"{c:.2f} at {res}" for res, c in busy.items()) + f" (of {os.cpu_count()})"
+                  + (f"; {BUSY_WARNING}" if loud else "") + ".", ""]
     lines += _table(rows)
+    lines += ["", "Same-round ratios (SSM time / peer time in each round; median (q1-q3); below 1: the SSM is "
+              "faster; 'undecided': the interquartile range covers 1):", ""]
+    lines += ratio_table(ratios)
     lines += ["", "Crossover (the smallest resolution from which the SSM model is faster / uses less memory "
-              "/ both, at it and every larger one measured):", ""]
+              "/ both, at it and every larger one measured; 'undecided at' names the sizes whose same-round "
+              "ratios leave it open, and the crossover counting them as wins or not):", ""]
     lines += [f"- {c}" for c in cross]
     (out / "results.md").write_text("\n".join(lines) + "\n")
 
 
-def _progress(items, total):
+def _progress(total):
+    """A progress bar over ``total`` cases (None without tqdm) and the function that prints beside it."""
     try:
         from tqdm import tqdm
 
-        return tqdm(items, total=total, unit="case", dynamic_ncols=True), tqdm.write
+        return tqdm(total=total, unit="case", dynamic_ncols=True), tqdm.write
     except ImportError:
-        return items, print
+        return None, print
 
 
 def main(argv=None):
@@ -139,9 +211,14 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=1, help="images per step (default: %(default)s)")
     p.add_argument("--train", action="store_true", help="time a training step (forward+backward+AdamW)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
-    p.add_argument("--time-limit", type=float, help="seconds per case (default: 90; --full: 300)")
+    p.add_argument("--time-limit", type=float,
+                   help="seconds per case: for its fresh process, for the set-up of its kept-alive process and "
+                        "for each of its timing rounds (default: 90; --full: 300)")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="the fewest timing rounds of each resolution's cases, interleaved (default: %(default)s)")
     p.add_argument("--budget", type=float, default=2.0,
-                   help="seconds of timing repeats per case (default: %(default)s)")
+                   help=f"seconds: more rounds while the slowest case of a resolution has run under this "
+                        f"(default: %(default)s; at most {MAX_ROUNDS} rounds, or --rounds if more)")
     p.add_argument("--memory-limit", type=float,
                    help="CPU: MB a case may allocate before it counts as out of memory (default: 90%% of available)")
     p.add_argument("--out", default="bench-out/models", help="output folder (default: %(default)s)")
@@ -166,6 +243,10 @@ def main(argv=None):
     sizes = sorted(dict.fromkeys(sizes), key=lambda hw: (hw[0] * hw[1], hw))
     if args.batch_size < 1:
         p.error(f"--batch-size: expected >= 1, got {args.batch_size}")
+    if args.rounds < 1:
+        p.error(f"--rounds: expected >= 1, got {args.rounds}")
+    if args.budget < 0:
+        p.error(f"--budget: expected >= 0 seconds, got {args.budget:g}")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available here")
@@ -178,49 +259,91 @@ def main(argv=None):
         memory_limit = 0.9 * avail if avail else None
 
     kinds = {m: model_kind(m) for m in models}
-    plan = []
-    for m in models:
-        modes = ATTENTION_MODES if args.attention == "both" else (args.attention,)
-        for attention in (modes if kinds[m] == "attention" else ("-",)):
-            plan += [(m, attention, hw) for hw in sizes]
+    modes = ATTENTION_MODES if args.attention == "both" else (args.attention,)
+    series = [(m, attention) for m in models for attention in (modes if kinds[m] == "attention" else ("-",))]
 
     machine = describe(args.device)
     mode = "training step (fwd+bwd+AdamW)" if args.train else "inference (no grad)"
     settings = (f"{mode}, batch {args.batch_size}, float32, device {args.device}, per-case time limit "
-                f"{time_limit:g} s" + (f", memory limit {memory_limit / 1024:.1f} GB" if memory_limit else ""))
-    print(f"machine: {machine}\n{settings}\n{len(plan)} cases, each in a fresh process")
-    rows, failed_at = [], {}
+                f"{time_limit:g} s" + (f", memory limit {memory_limit / 1024:.1f} GB" if memory_limit else "")
+                + f"; timing: at least {args.rounds} interleaved rounds per resolution, more while the slowest "
+                  f"case has run under {args.budget:g} s (at most {max(args.rounds, MAX_ROUNDS)})")
+    print(f"machine: {machine}\n{settings}\n{len(series) * len(sizes)} cases: size, MACs and peak memory in a "
+          f"fresh process each; latency in interleaved rounds, the cases of a resolution kept alive side by side")
+    rows, failed_at, busy = [], {}, {}
     start = time.perf_counter()
-    bar, write = _progress(plan, len(plan))
-    for m, attention, (h, w) in bar:
-        s = series_name(m, attention)
-        if hasattr(bar, "set_postfix_str"):
-            bar.set_postfix_str(f"{s} @ {res_name(h, w)}")
-        row = dict(series=s, model=m, attention=attention, kind=kinds[m], resolution=res_name(h, w), height=h,
-                   width=w, pixels=h * w, batch_size=args.batch_size, mode="train" if args.train else "inference",
-                   device=args.device)
-        if s in failed_at:
-            status, at = failed_at[s]
-            row.update(status=status, note=f"not run: {status} at {at}")
-        else:
-            spec = dict(model=m, attention=attention, height=h, width=w, batch_size=args.batch_size,
-                        train=args.train, device=args.device, budget_s=args.budget, memory_limit_mb=memory_limit)
-            row.update(run_case(spec, time_limit))
-            if row["status"] in FAILED:
-                failed_at[s] = (row["status"], res_name(h, w))
-        rows.append(row)
-        write(format_row(row))
-    wall = time.perf_counter() - start
+    bar, write = _progress(len(series) * len(sizes))
 
+    def show(text):
+        if bar is not None:
+            bar.set_postfix_str(text)
+
+    for h, w in sizes:
+        res = res_name(h, w)
+        here = []  # (row, spec) of this resolution's cases; spec None: not run
+        for m, attention in series:
+            s = series_name(m, attention)
+            show(f"{s} @ {res}: size and memory")
+            row = dict(series=s, model=m, attention=attention, kind=kinds[m], resolution=res, height=h, width=w,
+                       pixels=h * w, batch_size=args.batch_size, mode="train" if args.train else "inference",
+                       device=args.device)
+            spec = None
+            if s in failed_at:
+                status, at = failed_at[s]
+                row.update(status=status, note=f"not run: {status} at {at}")
+            else:
+                spec = dict(model=m, attention=attention, height=h, width=w, batch_size=args.batch_size,
+                            train=args.train, device=args.device, memory_limit_mb=memory_limit)
+                row.update(run_case(spec, time_limit))
+            rows.append(row)
+            here.append((row, spec))
+            if bar is not None:
+                bar.update(1)
+        timed = [(row, spec) for row, spec in here if spec is not None and row["status"] == "ok"]
+        # the kept-alive processes hold their weights and what their step left in the allocator: where
+        # that would not fit, each gives its free memory back after its turn (its calls then pay the page faults)
+        held = sum((row.get("weights_mb") or 0) + (row.get("peak_mb") or 0) for row, _ in timed)
+        release = bool(memory_limit) and held > memory_limit
+        if release:
+            write(f"{res}: the {len(timed)} cases would hold {held / 1024:.1f} GB between their rounds; "
+                  f"each gives its free memory back after its turn")
+        if timed:
+            label = f"{len(timed)} cases @ {res}"
+            others = time_in_rounds([r for r, _ in timed], [sp for _, sp in timed], time_limit, args.rounds,
+                                    args.budget, release=release,
+                                    on_round=lambda r, label=label: show(f"{label}: round {r}"))
+            if others is not None:
+                busy[res] = others
+                write(f"{res}: other processes kept {others:.2f} of {os.cpu_count()} CPUs busy during the rounds"
+                      + (f" -- {BUSY_WARNING}" if others > BUSY_CPUS else ""))
+        for row, spec in here:
+            if release and row.get("rounds"):
+                row["note"] = "; ".join(filter(None, [row.get("note"), "free memory given back after each round"]))
+            if spec is not None and row["status"] in FAILED:
+                failed_at[row["series"]] = (row["status"], res)
+            write(format_row(row))
+    if bar is not None:
+        bar.close()
+    wall = time.perf_counter() - start
+    order = {series_name(m, a): i for i, (m, a) in enumerate(series)}
+    rows.sort(key=lambda r: (order[r["series"]], r["pixels"]))  # one series after another, as the table reads
+
+    ratios = ratio_rows(rows)
     cross = crossover_lines(rows)
     out = Path(args.out)
-    write_results(rows, machine, settings, cross, out)
+    write_results(rows, machine, settings, ratios, cross, out, busy)
     plots = plot(rows, out, f"{mode}, batch {args.batch_size}, {args.device}\n{machine}")
     print("\n" + "\n".join(_table(rows)))
+    if ratios:
+        print("\nSame-round ratios (SSM time / peer time; median (q1-q3); below 1: the SSM is faster):")
+        print("\n".join(ratio_table(ratios)))
     print("\nCrossover (smallest resolution from which the SSM model wins, at it and every larger one):")
     print("\n".join(f"  {c}" for c in cross) or "  (needs at least one SSM model and one other model)")
-    print(f"\n{len(rows)} cases in {wall / 60:.1f} min; wrote {out / 'results.csv'}, {out / 'results.md'}"
-          + "".join(f", {q}" for q in plots) + f", {out / 'machine.txt'}")
+    loud = [res for res, c in busy.items() if c > BUSY_CPUS]
+    if loud:
+        print(f"\nOther processes kept the CPUs busy at {', '.join(loud)}: {BUSY_WARNING}.")
+    print(f"\n{len(rows)} cases in {wall / 60:.1f} min; wrote {out / 'results.csv'}, {out / 'results.md'}, "
+          f"{out / 'ratios.csv'}" + "".join(f", {q}" for q in plots) + f", {out / 'machine.txt'}")
     return 0
 
 
