@@ -10,7 +10,7 @@ def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
     """timm's ``list_models`` restricted to this library's models."""
     import timm
 
-    ours = set(timm.list_models(module=["vim", "vmamba"]))
+    ours = set(timm.list_models(module=["vim", "vmamba", "videomamba"]))
     return [m for m in timm.list_models(pattern, pretrained=pretrained) if m in ours]
 
 

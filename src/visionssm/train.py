@@ -137,6 +137,12 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--min-size", type=int, default=None,
                    help="detection: the detector resizes the short side to this (default: 800, shapes: its size)")
     g.add_argument("--max-size", type=int, default=None, help="detection: longest side (default: 1333)")
+    g = p.add_argument_group("video (--task video)")
+    g.add_argument("--num-frames", type=positive_int, default=None, help="frames per clip (default: the model's)")
+    g.add_argument("--test-clips", type=positive_int, default=1,
+                   help="evaluation: clips per video, scores averaged (the official recipe: 4)")
+    g.add_argument("--test-crops", type=positive_int, default=1,
+                   help="evaluation: spatial crops per clip, scores averaged (the official recipe: 3)")
     g = p.add_argument_group("run")
     g.add_argument("--output", default=None, help="run folder (default: output/train/<time>-<model>)")
     g.add_argument("--resume", default=None, help="run folder (its last.pth), or checkpoint file, to carry on from; "
@@ -239,6 +245,8 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-mode", default=None, choices=("whole", "slide"),
                    help="segmentation checkpoints: whole-image or sliding-window inference (default: the trained)")
     p.add_argument("--eval-stride", type=positive_int, default=None, help="segmentation: sliding-window stride")
+    p.add_argument("--test-clips", type=positive_int, default=None, help="video: clips per video (default: trained)")
+    p.add_argument("--test-crops", type=positive_int, default=None, help="video: crops per clip (default: the trained)")
     return p
 
 

@@ -65,6 +65,8 @@ def eval_task(args: argparse.Namespace, train_defaults: dict) -> tuple[Task, str
     targs.model_kwargs = {**(cfg.get("model_kwargs") or {}), **(args.model_kwargs or {})}
     targs.eval_mode = args.eval_mode or targs.eval_mode
     targs.eval_stride = args.eval_stride or targs.eval_stride
+    targs.test_clips = args.test_clips or targs.test_clips
+    targs.test_crops = args.test_crops or targs.test_crops
     trained_size = ckpt["data_config"]["img_size"]
     if args.img_size:
         targs.img_size = targs.crop_size = targs.min_size = args.img_size

@@ -27,9 +27,11 @@ TASKS = {
     "classification": "visionssm.classification:ClassificationTask",
     "segmentation": "visionssm.dense.tasks:SegmentationTask",
     "detection": "visionssm.dense.tasks:DetectionTask",
+    "video": "visionssm.video_task:VideoTask",
 }
-# the extras a task needs beyond the base install
-TASK_EXTRAS = {"segmentation": ("torchmetrics", "pycocotools"), "detection": ("torchmetrics", "pycocotools")}
+# the extra a task needs beyond the base install, and the modules it brings
+TASK_EXTRAS = {"segmentation": ("dense", ("torchmetrics", "pycocotools")),
+               "detection": ("dense", ("torchmetrics", "pycocotools")), "video": ("video", ("av",))}
 
 
 class Task(Protocol):
@@ -72,9 +74,10 @@ def task_class(name: str) -> type:
     """The class registered for ``--task name``, with a clear message when its extras are missing."""
     if name not in TASKS:
         raise ValueError(f"--task: expected one of {sorted(TASKS)}, got {name!r}")
-    missing = [m for m in TASK_EXTRAS.get(name, ()) if importlib.util.find_spec(m) is None]
+    extra, modules = TASK_EXTRAS.get(name, ("", ()))
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
-        raise ImportError(f"--task {name}: needs {' and '.join(missing)}; pip install 'visionssm[dense]'")
+        raise ImportError(f"--task {name}: needs {' and '.join(missing)}; pip install 'visionssm[{extra}]'")
     module, _, cls = TASKS[name].partition(":")
     return getattr(importlib.import_module(module), cls)
 

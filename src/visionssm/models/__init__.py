@@ -1,3 +1,3 @@
-"""Model families; importing this package registers them with timm."""
-from visionssm.models import vim  # noqa: F401
-from visionssm.models.vmamba import VMamba  # noqa: F401  (registers the vmamba_* models)
+"""Model families; importing this package registers them with timm (vim_*, vmamba_*, videomamba_*)."""
+from visionssm.models import videomamba, vim  # noqa: F401
+from visionssm.models.vmamba import VMamba  # noqa: F401
