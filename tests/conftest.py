@@ -34,3 +34,27 @@ def crash_after(monkeypatch):
                 yield
 
     return armed
+
+
+@pytest.fixture
+def fixed_batch_losses():
+    """``fixed_batch_losses(task, batch, steps, lr)``: the losses of AdamW steps on one batch (a task's
+    loss must be one its model can lower)."""
+    import torch
+
+    def run(task, batch, steps=8, lr=2e-3):
+        """Losses of `steps` AdamW steps on one batch: the task's loss must be one the model can lower."""
+        torch.manual_seed(0)
+        opt = torch.optim.AdamW(task.model.parameters(), lr=lr)
+        task.model.train()
+        losses = []
+        for _ in range(steps):
+            loss, n = task.loss(task.model, batch, torch.device("cpu"))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        assert n == len(batch[0])
+        return losses
+
+    return run

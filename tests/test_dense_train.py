@@ -28,24 +28,8 @@ def rows(folder):
         return [json.loads(line) for line in f]
 
 
-def fixed_batch_losses(task, batch, steps=8, lr=2e-3):
-    """Losses of `steps` AdamW steps on one batch: the task's loss must be one the model can lower."""
-    torch.manual_seed(0)
-    opt = torch.optim.AdamW(task.model.parameters(), lr=lr)
-    task.model.train()
-    losses = []
-    for _ in range(steps):
-        loss, n = task.loss(task.model, batch, torch.device("cpu"))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert n == len(batch[0])
-    return losses
-
-
 @pytest.mark.parametrize("backbone", [VMAMBA, VIM], ids=["vmamba", "vim"])
-def test_segmentation_steps_lower_the_loss(backbone):
+def test_segmentation_steps_lower_the_loss(backbone, fixed_batch_losses):
     args = T.parse_args(T.train_parser(), [*SEG, *backbone])
     task = create_task(args, progress=False)
     assert task.classes == ["background", "ellipse", "triangle", "rectangle", "pentagon"]
@@ -56,7 +40,7 @@ def test_segmentation_steps_lower_the_loss(backbone):
 
 
 @pytest.mark.parametrize("detector", ["mask_rcnn", "faster_rcnn"])
-def test_detection_steps_lower_the_loss(detector):
+def test_detection_steps_lower_the_loss(detector, fixed_batch_losses):
     args = T.parse_args(T.train_parser(), ["--task", "detection", *VMAMBA, *COMMON, "--detector", detector,
                                            *SMALL_HEADS, "--train-num-samples", "4", "--val-num-samples", "2"])
     task = create_task(args, progress=False)

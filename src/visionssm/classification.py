@@ -51,29 +51,35 @@ def eval_transform(cfg):
 
 
 
+def topk_row(loss_sum: torch.Tensor, scores: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
+    """One batch's (loss sum, top-1 hits, top-k hits, count) in float64, to be summed over batches and ranks."""
+    hit = scores.topk(k, dim=1).indices.eq(y[:, None])
+    return torch.stack([loss_sum.double(), hit[:, 0].sum().double(), hit.any(1).sum().double(),
+                        torch.tensor(float(len(y)), dtype=torch.float64, device=y.device)])
+
+
+def topk_metrics(totals: torch.Tensor) -> dict:
+    """loss, top1, top5 (percent; top-k with k = min(5, classes)) and count of summed :func:`topk_row` rows."""
+    all_sum(totals)
+    n = max(totals[3].item(), 1.0)
+    return dict(loss=totals[0].item() / n, top1=100 * totals[1].item() / n, top5=100 * totals[2].item() / n,
+                count=int(totals[3].item()))
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device, autocast, num_classes: int) -> dict:
     """Loss, top-1 and top-k (k = min(5, classes)) over the whole split, summed across ranks."""
     was_training = model.training
     model.eval()
-    k = min(5, num_classes)
-    totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top-1, top-k, count
+    totals = torch.zeros(4, dtype=torch.float64, device=device)
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast():
             logits = model(x)
         logits = logits.float()
-        top = logits.topk(k, dim=1).indices
-        hit = top.eq(y[:, None])
-        totals += torch.stack([nn.functional.cross_entropy(logits, y, reduction="sum").double(),
-                               hit[:, 0].sum().double(), hit.any(1).sum().double(),
-                               torch.tensor(float(len(y)), dtype=torch.float64, device=device)])
-    all_sum(totals)
+        totals += topk_row(nn.functional.cross_entropy(logits, y, reduction="sum"), logits, y, min(5, num_classes))
     model.train(was_training)
-    n = max(totals[3].item(), 1.0)
-    return dict(loss=totals[0].item() / n, top1=100 * totals[1].item() / n, top5=100 * totals[2].item() / n,
-                count=int(totals[3].item()))
-
+    return topk_metrics(totals)
 
 
 class ClassificationTask:

@@ -17,7 +17,7 @@ import tempfile
 
 import torch
 
-from visionssm.models.checkpoint import CheckpointError, read_checkpoint
+from visionssm.models.checkpoint import CheckpointError, read_checkpoint, state_dict_of
 
 CHECKPOINT_VERSION = 1
 # what a run folder holds; a new run refuses a folder that has any of them (without --resume/--overwrite)
@@ -54,9 +54,7 @@ def load_checkpoint(path: str) -> dict:
     if os.path.isdir(path):
         path = os.path.join(path, "last.pth")
     ckpt = read_checkpoint(path)
-    if "model" not in ckpt and "state_dict" not in ckpt and not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        raise CheckpointError(f"checkpoint {path!r}: expected a dict with 'model' (a state dict), "
-                              f"got keys {sorted(ckpt)[:8]}")
+    state_dict_of(ckpt, path=path)  # refuses a file without weights
     return ckpt
 
 

@@ -117,7 +117,9 @@ def model_from_checkpoint(path: str, name: str | None = None, model_kwargs: dict
         classes = list(ckpt["classes"])
         check_model_name(name)
         try:
-            model = create_model(name, len(classes), ckpt["data_config"]["img_size"], kwargs)
+            frames = cfg.get("num_frames")  # video runs: the temporal embedding's length
+            model = create_model(name, len(classes), ckpt["data_config"]["img_size"], kwargs,
+                                 optional=dict(num_frames=frames) if frames else None)
         except ValueError as e:
             raise CheckpointError(f"{path}: its model kwargs {kwargs} do not fit --model {name} ({e})") from None
         load_state_dict_checked(model, state_dict_of(ckpt, use_ema, path), path)

@@ -31,7 +31,7 @@ TASKS = {
 }
 # the extra a task needs beyond the base install, and the modules it brings
 TASK_EXTRAS = {"segmentation": ("dense", ("torchmetrics", "pycocotools")),
-               "detection": ("dense", ("torchmetrics", "pycocotools")), "video": ("video", ("av",))}
+               "detection": ("dense", ("torchmetrics", "pycocotools"))}  # video: only files need PyAV (video.py says)
 
 
 class Task(Protocol):
