@@ -1,6 +1,7 @@
 """Every command that takes a weights file reads it through the one checkpoint reader and builds the
 model with the file's own head: a training checkpoint of ours, and files laid out as the official
-Vim and VMamba releases are ({'model': ..., 'args': Namespace} / {'model': ..., 'epoch': ...})."""
+Vim and VMamba releases are ({'model': ..., 'args': Namespace} / {'model': ..., 'epoch': ...}), and a
+DeepSpeed/DDP-wrapped one ({'module': {'module.<key>': ...}})."""
 
 import argparse
 import json
@@ -15,7 +16,7 @@ from visionssm.engine.task import create_task
 
 VIM, VIM_KW = "vim_tiny_patch16_224", {"embed_dim": 32, "depth": 2}
 VMAMBA, VMAMBA_KW = "vmamba_tiny_s1l8", {"dims": 8, "depths": [1, 1, 1, 1]}
-SOURCES = ["ours", "official_vim", "official_vmamba"]
+SOURCES = ["ours", "official_vim", "official_vmamba", "wrapped"]
 
 
 def kwargs_flags(kwargs: dict) -> list[str]:
@@ -36,7 +37,10 @@ def files(tmp_path_factory):
     torch.save({"model": vim, "args": argparse.Namespace(model=VIM, lr=5e-4)}, root / "vim.pth")
     vmamba = create_model(VMAMBA, 10, None, VMAMBA_KW).state_dict()
     torch.save({"model": vmamba, "epoch": 299, "max_accuracy": 80.5}, root / "vmamba.pth")
+    # saved from a DistributedDataParallel-wrapped model by DeepSpeed: {'module': {'module.<key>': ...}}
+    torch.save({"module": {f"module.{k}": v for k, v in vmamba.items()}}, root / "wrapped.pth")
     return {"ours": (ours, VIM, {}, torch.load(ours, weights_only=True)["model"]),
+            "wrapped": (root / "wrapped.pth", VMAMBA, VMAMBA_KW, vmamba),
             "official_vim": (root / "vim.pth", VIM, VIM_KW, vim),
             "official_vmamba": (root / "vmamba.pth", VMAMBA, VMAMBA_KW, vmamba)}
 

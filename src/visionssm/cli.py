@@ -19,7 +19,7 @@ COMMANDS = {
     "train": ("visionssm.train", "train a classifier (any timm model), or --task segmentation|detection"),
     "eval": ("visionssm.train:evaluate_main", "top-1 / mIoU / box and mask AP of a checkpoint, at any resolution"),
     "shapes": ("visionssm.dense.data:shapes_main", "write the generated shapes set as COCO JSON and mask folders"),
-    "predict": ("visionssm.train:predict_main", "the top classes of some images"),
+    "predict": ("visionssm.train:predict_main", "the top classes of some images (videos: a video model)"),
     "plot": ("visionssm.analysis.curves", "the training curves of a run folder, as a PNG"),
 }
 

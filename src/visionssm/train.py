@@ -6,6 +6,7 @@
     visionssm train --resume runs/vim-digits            # the whole run restored; given flags override
     visionssm eval --checkpoint runs/vim-digits/best.pth --data digits
     visionssm predict --checkpoint runs/vim-digits/best.pth a.png b.png
+    visionssm predict --checkpoint runs/k400/best.pth a.mp4 --test-clips 4 --test-crops 3   # a video model
     visionssm train --task segmentation --model vmamba_tiny_s1l8 --data shapes   # see visionssm.dense.tasks
 
 Flags are named as timm's ``train.py`` names them; ``--config FILE.yaml`` takes the same flags as
@@ -256,30 +257,56 @@ def evaluate_main(argv: list[str] | None = None) -> int:
 
 
 def predict_main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="visionssm predict", description="Top classes of each image.")
-    p.add_argument("images", nargs="+", help="image files")
+    p = argparse.ArgumentParser(prog="visionssm predict",
+                                description="Top classes of each image (of each video, for a video model).")
+    p.add_argument("files", nargs="+", metavar="FILE", help="image files; video files for a video model")
     p.add_argument("--checkpoint", required=True, help="a 'visionssm train' checkpoint, or a file as released")
     p.add_argument("--model", default=None, help="model name (default: the checkpoint's)")
     p.add_argument("--model-kwargs", nargs="*", default={}, action=ModelKwargs, metavar="KEY=VALUE")
     p.add_argument("--img-size", type=positive_int, default=None)
     p.add_argument("--use-ema", action="store_true")
     p.add_argument("--topk", type=positive_int, default=5)
+    p.add_argument("--test-clips", type=positive_int, default=None,
+                   help="video: clips per video, scores averaged (default: the checkpoint's, else 1)")
+    p.add_argument("--test-crops", type=positive_int, default=None,
+                   help="video: crops per clip, scores averaged (default: the checkpoint's, else 1)")
     p.add_argument("--device", default=None)
     args = p.parse_args(argv)
-    from visionssm.classification import eval_transform
-
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, info = model_from_checkpoint(args.checkpoint, args.model, args.model_kwargs, args.use_ema, args.img_size)
     model.to(device)
-    tf, classes = eval_transform(info["data_config"]), info["classes"]
-    for path in args.images:
-        x = tf(read_image(path))[None].to(device)
-        with torch.no_grad():
-            probs = model(x).float().softmax(-1)[0]
-        top = probs.topk(min(args.topk, len(classes)))
+    if getattr(model, "num_frames", None) is not None:  # a video model: (batch, 3, frames, height, width)
+        from visionssm.video_task import video_scores
+
+        scores = video_scores(model, info["data_config"], device, args.test_clips, args.test_crops)
+    else:
+        scores = _image_scores(model, info["data_config"], device, args)
+    classes = info["classes"]
+    for path in args.files:
+        top = scores(path).topk(min(args.topk, len(classes)))
         print(path + ": " + ", ".join(f"{classes[i]} {p:.3f}" for p, i in zip(top.values.tolist(),
                                                                           top.indices.tolist())))
     return 0
+
+
+def _image_scores(model, data_config: dict, device, args: argparse.Namespace):
+    """``path -> probabilities`` of an image model; a video file or a video flag is refused."""
+    from visionssm.classification import eval_transform
+    from visionssm.video import is_video_file
+
+    for flag in ("--test-clips", "--test-crops"):
+        if getattr(args, flag[2:].replace("-", "_")) is not None:
+            raise ValueError(f"{flag}: only for video models; the model of {args.checkpoint} takes images")
+    for path in filter(is_video_file, args.files):  # all refused before any is scored
+        raise ValueError(f"{path}: expected an image file (the model of {args.checkpoint} takes images), "
+                         "got a video; videos need a video model such as videomamba_tiny_f8_224")
+    transform = eval_transform(data_config)
+
+    @torch.no_grad()
+    def score(path: str) -> torch.Tensor:
+        return model(transform(read_image(path))[None].to(device)).float().softmax(-1)[0]
+
+    return score
 
 
 if __name__ == "__main__":

@@ -33,7 +33,8 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".m
 LIST_EXTENSIONS = (".csv", ".txt")
 
 __all__ = ["BUILTIN_VIDEO", "CUE_PROBE_COLOURS", "CueProbe", "VideoFolder", "VideoTransform", "create_video_dataset",
-           "cue_probe_clip", "decode_frames", "require_av", "segment_indices", "video_length"]
+           "cue_probe_clip", "decode_frames", "is_video_file", "read_test_clips", "require_av", "segment_indices",
+           "video_length"]
 
 
 # --- decoding ----------------------------------------------------------------------------------------
@@ -129,6 +130,26 @@ def segment_indices(length: int, num_segments: int, train: bool, clip: int = 0, 
     else:
         idx = starts + int((clip + 1) * seg / (num_clips + 1))
     return np.minimum(idx, length - 1)
+
+
+def is_video_file(path: str) -> bool:
+    """Whether ``path`` is named as a video (by its extension)."""
+    return str(path).lower().endswith(VIDEO_EXTENSIONS)
+
+
+def read_test_clips(path: str, num_frames: int, num_clips: int = 1) -> torch.Tensor:
+    """The ``num_clips`` test clips of one video file, as a folder's validation item holds them: uint8
+    ``(num_clips, num_frames, H, W, 3)``. FFmpeg also reads a still image (PNG, JPEG, GIF) as a
+    one-frame video; one is refused rather than repeated into a clip."""
+    with _open(path) as container:
+        fmt = container.format.name
+    if fmt.endswith("_pipe") or fmt in ("image2", "gif"):
+        raise DataError(f"{path}: expected a video file ({', '.join(VIDEO_EXTENSIONS[:4])}, ...), got an image "
+                        f"(FFmpeg reads it as {fmt})")
+    length = video_length(path)
+    idx = np.concatenate([segment_indices(length, num_frames, False, k, num_clips) for k in range(num_clips)])
+    frames = decode_frames(path, idx)
+    return torch.from_numpy(frames).reshape(num_clips, num_frames, *frames.shape[1:])
 
 
 # --- folders of videos -----------------------------------------------------------------------------

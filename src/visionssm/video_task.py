@@ -5,6 +5,7 @@
     visionssm train --task video --model videomamba_tiny_f8_224 --data /data/k400 \\
         --pretrained-path videomamba_t16_in1k_res224.pth --lr 2e-4 --weight-decay 0.1 --drop-path 0.1
     visionssm eval --checkpoint runs/k400/best.pth --test-clips 4 --test-crops 3
+    visionssm predict a.mp4 --checkpoint runs/k400/best.pth    # scored as evaluation scores a video
 
 Clips are ``(batch, 3, frames, height, width)``; training samples one random frame per segment and
 one random-resized crop per clip, validation the segment midpoints and the centre crop, and with
@@ -26,10 +27,11 @@ import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.loss import LabelSmoothingCrossEntropy
 
-from visionssm.engine.distributed import all_sum, seed_everything
+from visionssm.classification import topk_metrics, topk_row
+from visionssm.engine.distributed import seed_everything
 from visionssm.engine.models import create_model
 from visionssm.engine.task import TransformedDataset
-from visionssm.video import BUILTIN_VIDEO, VideoTransform, create_video_dataset
+from visionssm.video import BUILTIN_VIDEO, VideoTransform, create_video_dataset, read_test_clips
 
 
 def _positive(args, name: str, flag: str) -> int:
@@ -50,23 +52,37 @@ def evaluate_views(model: nn.Module, loader, device, autocast, num_classes: int)
     """
     was_training = model.training
     model.eval()
-    k = min(5, num_classes)
-    totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top-1, top-k, count
+    totals = torch.zeros(4, dtype=torch.float64, device=device)
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         views = x.shape[1] if x.dim() == 6 else 1
         with autocast():
             logits = model(x.flatten(0, 1) if x.dim() == 6 else x)
         probs = logits.float().softmax(-1).reshape(len(y), views, -1).mean(1)
-        hit = probs.topk(k, dim=1).indices.eq(y[:, None])
-        totals += torch.stack([F.nll_loss(probs.clamp_min(1e-12).log(), y, reduction="sum").double(),
-                               hit[:, 0].sum().double(), hit.any(1).sum().double(),
-                               torch.tensor(float(len(y)), dtype=torch.float64, device=device)])
-    all_sum(totals)
+        loss_sum = F.nll_loss(probs.clamp_min(1e-12).log(), y, reduction="sum")
+        totals += topk_row(loss_sum, probs, y, min(5, num_classes))
     model.train(was_training)
-    n = max(totals[3].item(), 1.0)
-    return dict(val_loss=totals[0].item() / n, top1=100 * totals[1].item() / n, top5=100 * totals[2].item() / n,
-                count=int(totals[3].item()))
+    res = topk_metrics(totals)
+    return dict(val_loss=res.pop("loss"), **res)
+
+
+def video_scores(model: nn.Module, data_config: dict, device, test_clips: int | None = None,
+                 test_crops: int | None = None):
+    """``path -> probabilities``: a video model's class scores for one video file, scored as
+    :func:`evaluate_views` scores a validation video (the mean softmax of ``test_clips`` x
+    ``test_crops`` views; default: the checkpoint's ``data_config``, else 1 x 1)."""
+    clips = test_clips or data_config.get("test_clips") or 1
+    crops = test_crops or data_config.get("test_crops") or 1
+    transform = VideoTransform(data_config["img_size"], False, data_config.get("mean") or IMAGENET_DEFAULT_MEAN,
+                               data_config.get("std") or IMAGENET_DEFAULT_STD, num_crops=crops)
+
+    @torch.no_grad()
+    def score(path: str) -> torch.Tensor:
+        views = transform(read_test_clips(path, model.num_frames, clips))
+        views = views[None] if views.dim() == 4 else views  # one view
+        return model(views.to(device)).float().softmax(-1).mean(0)
+
+    return score
 
 
 class VideoTask:

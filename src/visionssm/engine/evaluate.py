@@ -3,7 +3,7 @@
 The task is rebuilt from the checkpoint's own configuration (``train=False``: no training set),
 the weights are loaded into it, and ``task.evaluate`` runs over the validation split, sharded
 across ranks under torchrun. A file as released (no configuration) is evaluated as a classifier
-built with its own head.
+built with its own head (by the video task when the model is a video model).
 """
 
 from __future__ import annotations
@@ -86,15 +86,21 @@ def eval_task(args: argparse.Namespace, train_defaults: dict) -> tuple[Task, str
 
 
 def _released_file_task(args: argparse.Namespace, train_defaults: dict) -> tuple[Task, str]:
-    """A classifier as released (official Vim/VMamba, timm): its own head, the model's input settings."""
+    """A classifier as released (official Vim/VMamba/VideoMamba, timm): its own head, the model's input
+    settings; a video model (one with ``num_frames``) is evaluated by the video task, on clips of its length."""
     if not args.data:
         raise ValueError(f"--data: required for {args.checkpoint}, which does not name its data")
     model, info = model_from_checkpoint(args.checkpoint, args.model, args.model_kwargs, args.use_ema, args.img_size)
+    dcfg, video = info["data_config"], getattr(model, "num_frames", None) is not None
     targs = argparse.Namespace(**train_defaults)
-    targs.task, targs.model, targs.data, targs.seed = "classification", args.model, args.data, args.seed
+    targs.task = "video" if video else "classification"
+    targs.model, targs.data, targs.seed = args.model, args.data, args.seed
     targs.val_split, targs.val_num_samples = args.split, args.num_samples
-    targs.img_size = info["data_config"]["img_size"]
-    task = task_class("classification")(targs, train=False, model=model)
+    targs.img_size = dcfg["img_size"]
+    if video:
+        targs.num_frames, targs.test_clips, targs.test_crops = model.num_frames, args.test_clips, args.test_crops
+        targs.mean, targs.std = dcfg["mean"], dcfg["std"]
+    task = task_class(targs.task)(targs, train=False, model=model)
     if len(task.classes) != len(info["classes"]):
         raise DataError(f"--data: {args.data} has {len(task.classes)} classes, the checkpoint's head "
                         f"{len(info['classes'])}")

@@ -79,7 +79,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
 
 def state_dict_of(ckpt: dict, use_ema: bool = False, path: str = "checkpoint") -> dict:
     """The model's state dict in a checkpoint: ``model_ema`` when asked for, else ``model``, else
-    ``state_dict``, else the dict itself when it holds tensors.
+    ``module`` (DeepSpeed's), else ``state_dict``, else the dict itself when it holds tensors; a
+    ``module.`` prefix on every key (a model saved wrapped in DistributedDataParallel) is removed.
 
     ``model`` comes before ``model_ema`` unless asked: the official Vim and VMamba evaluations (and
     their published accuracies) use ``model``, and a training checkpoint's ``model`` is what it trained.
@@ -88,11 +89,12 @@ def state_dict_of(ckpt: dict, use_ema: bool = False, path: str = "checkpoint") -
         if not isinstance(ckpt.get("model_ema"), dict):
             raise CheckpointError(f"{path} holds no EMA weights ('model_ema'; trained without --model-ema?)")
         return ckpt["model_ema"]
-    for key in ("model", "state_dict"):
-        if isinstance(ckpt.get(key), dict):
-            return ckpt[key]
-    if any(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        return ckpt
+    found = next((ckpt[key] for key in ("model", "module", "state_dict") if isinstance(ckpt.get(key), dict)),
+                 ckpt if any(isinstance(v, torch.Tensor) for v in ckpt.values()) else None)
+    if found is not None:
+        if found and all(k.startswith("module.") for k in found):
+            found = {k[len("module."):]: v for k, v in found.items()}
+        return found
     raise CheckpointError(f"{path}: expected a state dict, or one under 'model' or 'state_dict'; "
                           f"found keys {sorted(ckpt)[:8]}")
 
