@@ -58,8 +58,6 @@ def _cases():
     cases["f64-gradients-g2"] = dict(kind="gradcheck", groups=2)
     cases["bf16-inputs-g2"] = dict(kind="half", groups=2)
     cases["no-grad-forward"] = dict(kind="nograd")
-    for order, shared in (("cross", True), ("bidirectional", False)):  # the directional scan
-        cases[f"directional-{order}"] = dict(kind="directional", order=order, shared=shared)
     return cases
 
 
@@ -158,8 +156,6 @@ def compute_case(case: dict) -> dict:
                 y1 = selective_scan(*(dev[k] for k in names), D=dev["D"], backend="triton").cpu()
             y0 = selective_scan_reference(*(inp[k] for k in names), D=inp["D"])
             checks.append(_err("y", y1, y0, 1e-5, 1e-6))
-        elif kind == "directional":
-            checks += _directional_checks(case)
         else:
             return {"error": f"unknown case kind {kind!r}"}
     except Exception:
@@ -167,38 +163,6 @@ def compute_case(case: dict) -> dict:
     finally:
         scan_triton.CHUNK, scan_triton.BLOCK_D = saved
     return {"checks": checks}
-
-
-def _directional_checks(case: dict) -> list:
-    """directional_scan on the triton backend against the reference (the copy-based path), values and
-    gradients of every input, on a non-square grid."""
-    from visionssm.layers.scan_orders import scan_index_maps
-    from visionssm.ops import directional_scan
-
-    hw = (3, 5) if case["order"] == "cross" else (1, 21)
-    maps = scan_index_maps(*hw, case["order"])
-    K, L = maps.shape
-    d, state = 3, 2
-    g = torch.Generator().manual_seed(0)
-    inp = dict(u=torch.randn(2, d if case["shared"] else K * d, L, generator=g),
-               delta=0.5 * torch.randn(2, K * d, L, generator=g), A=-torch.rand(K * d, state, generator=g) - 0.5,
-               B=torch.randn(2, K, state, L, generator=g), C=torch.randn(2, K, state, L, generator=g),
-               D=torch.randn(K * d, generator=g), z=torch.randn(2, d, L, generator=g),
-               delta_bias=0.1 * torch.randn(K * d, generator=g))
-    w_y, w_h = torch.randn(2, d, L, generator=g), torch.randn(2, K * d, state, generator=g)
-
-    def run(backend, tensors):
-        leaves = {k: v.clone().requires_grad_() for k, v in tensors.items()}
-        y, h = directional_scan(*(leaves[k] for k in ("u", "delta", "A", "B", "C")), maps.to(tensors["u"].device),
-                                D=leaves["D"], z=leaves["z"], delta_bias=leaves["delta_bias"], delta_softplus=True,
-                                return_last_state=True, backend=backend)
-        ((y * w_y.to(y.device)).sum() + (h * w_h.to(h.device)).sum()).backward()
-        return y.detach().cpu(), h.detach().cpu(), {k: v.grad.cpu() for k, v in leaves.items()}
-
-    y0, h0, g0 = run("reference", inp)
-    y1, h1, g1 = run("triton", _on_device(inp))
-    return ([_err("directional y", y1, y0, 1e-5, 1e-6), _err("directional last state", h1, h0, 1e-5, 1e-6)]
-            + [_err(f"directional grad {k}", g1[k], g0[k], 1e-4, 1e-5) for k in g0])
 
 
 def compute_all() -> dict:
@@ -216,8 +180,9 @@ def _interpreter_in_effect() -> bool:
     return scan_triton.unavailable_reason(torch.device("cpu")) is None
 
 
-@pytest.fixture(scope="module")
-def interpreter_results():
+def interpreted(script: str, compute_all) -> dict:
+    """compute_all()'s results: in this process on the GPU or where the interpreter is in effect,
+    else from ``script`` run as a child process under TRITON_INTERPRET=1 (its last stdout line)."""
     if not _triton_importable():
         pytest.skip("triton is not importable")
     if DEVICE != "cpu":
@@ -227,7 +192,7 @@ def interpreter_results():
     if _interpreter_in_effect():
         return compute_all()
     env = dict(os.environ, TRITON_INTERPRET="1", HF_HUB_OFFLINE="1")
-    res = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
+    res = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True, timeout=600)
     lines = res.stdout.strip().splitlines()
     if res.returncode != 0 or not lines:
         pytest.fail(f"interpreter child process failed (exit {res.returncode}):\n{res.stdout[-3000:]}\n"
@@ -235,13 +200,22 @@ def interpreter_results():
     return json.loads(lines[-1])
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_interpreted_kernel_matches_reference(interpreter_results, case):
-    result = interpreter_results[case]
+def assert_checks(result: dict):
+    """A case's result passes: no error, every check's max abs error within atol + rtol * scale."""
     assert "error" not in result, result.get("error")
     failed = [f"{what}: max abs error {err:.3g} (scale {scale:.3g}, allowed {atol + rtol * scale:.3g})"
               for what, err, scale, rtol, atol in result["checks"] if not err <= atol + rtol * scale]
     assert not failed, "; ".join(failed)
+
+
+@pytest.fixture(scope="module")
+def interpreter_results():
+    return interpreted(__file__, compute_all)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_interpreted_kernel_matches_reference(interpreter_results, case):
+    assert_checks(interpreter_results[case])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,6 +29,44 @@ length) result with one relaxed atomic add per element per channel block (a plai
 one block covers the group), so no (batch, dim, length, state) temporary exists; dA, dD and
 ddelta_bias go to small per-batch partial buffers that are summed afterwards.
 
+Directions (``directional_forward`` / ``directional_backward``, the interface of
+``visionssm.ops.directional_scan``). The same two kernels with ``MAPPED`` set read every direction
+of Vim's pair or VMamba's cross-scan through its index map instead of through flipped or
+transposed copies: step t of direction k is position ``maps[k, t]`` (int32) of the map, so per chunk
+the program loads the chunk's CHUNK positions and reads u, delta, B, C and dy at them (the backward
+also reads delta at ``maps[k, t + 1]`` for the next step's decay). The plain scan is the case
+MAPPED=False, NDIR=1, where the positions are t itself and the direction loop is one pass (its
+results are bit-for-bit those of the kernels before directions existed).
+
+Merging. A program owns one block of output channels (of y, and of a u shared by the directions)
+of one group in one batch row, and loops over the NDIR directions itself, each with its own
+channels ``k*d + ...`` and group ``k*G + g``: direction 0 stores y, each later one loads what is
+there, adds and stores, with a barrier between directions (the same element is handled by another
+thread of the program in the next direction's walk). No other program touches those elements, so
+the sum needs no atomic add, no zero fill and no (batch, K*d, length) temporary, and it is
+deterministic, in the order of the directions (the copy path's merge sums in that order too). Atomic
+adds of y from K programs were the alternative: they make the forward's result depend on the
+order in which programs finish once K >= 3 (float addition is not associative) and need y zeroed
+first. The price of the loop is K times fewer programs, each K times longer; ``_block_sizes``
+sees the per-direction group count and narrows the channel block where that leaves too few
+programs per SM. A shared u's du is summed over the directions the same way; ddelta, a per-direction
+u's du and the dA, dD, ddelta_bias partials belong to one direction's channels, and dB, dC to its
+groups (added as in the plain scan).
+
+What the gathers cost. A chunk's positions along a row-major walk (Vim's two directions, VMamba's
+row and row_rev) are consecutive, ascending or descending, so the loads stay coalesced. Along a
+column-major walk consecutive steps are W positions apart: each of a chunk's steps reads its own
+32-byte sector of every row of u, delta, B, C and dy (and y's read-modify-write), 8x the sectors of
+a contiguous fp32 chunk, and the other 7 positions of each sector are used only when a later chunk
+(the next columns, H steps on) still finds them in L1/L2. Against that, the copy path moves each
+(batch, d, length) tensor about three times per direction (gather, write, read) and y four times
+per direction plus the sum; this path reads each once per direction and y 2K-1 times. The GPU
+measurement (tools/gpu_check.sh) decides. A later tiling would make a column walk's chunk span
+whole sectors: a chunk of 8 columns (8H steps for fp32) reads each sector of those H rows once; as
+that is more steps than the register tiles hold at 16 states, the (H, 8) block would be loaded
+row-major into shared memory (coalesced) and scanned from there in sub-chunks, the state carried
+across them as across chunks now.
+
 All arithmetic is in the dtype of the tensors handed in (float32, or float64 for float64
 inputs); the wrapper in ``visionssm.ops.selective_scan`` casts half and bfloat16 to float32.
 
@@ -151,71 +189,89 @@ if tl is not None:
         return tl.maximum(x, 0.0) + tl.where(w == 1.0, e, tl.log(w) * (e / (w - 1.0)))
 
     def _scan_fwd_kernel(
-        u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
+        u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, maps_ptr,
         y_ptr, last_ptr, ckpt_ptr,
-        dim, length, nchunks, dim_per_group, groups, state,
+        dim, dim_out, length, nchunks, dim_per_group, groups, state,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-        SAVE: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+        SAVE: tl.constexpr, MAPPED: tl.constexpr, NDIR: tl.constexpr, SHARED_U: tl.constexpr,
+        BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
     ):
+        # groups: per direction; dim: channels of delta (NDIR * dim_out); the plain scan is
+        # MAPPED=False, NDIR=1, dim_out=dim, and then the direction loop is a single pass
         blk = tl.program_id(0)
         g = tl.program_id(1)
         b = tl.program_id(2).to(tl.int64)
         offs_d = blk * BLOCK_D + tl.arange(0, BLOCK_D)
         mask_d = offs_d < dim_per_group
-        chan = g * dim_per_group + offs_d
         offs_n = tl.arange(0, BLOCK_N)
         mask_n = offs_n < state
         offs_t = tl.arange(0, CHUNK)
         mask_dn = mask_d[:, None] & mask_n[None, :]
-        dn_off = chan[:, None] * state + offs_n[None, :]
+        ochan = g * dim_per_group + offs_d  # channel of y (and of a shared u)
+        orow = (b * dim_out + ochan) * length
+        for kdir in range(0, NDIR):
+            gk = kdir * groups + g  # this direction's group of B, C
+            chan = gk * dim_per_group + offs_d  # its channel of delta, A, D, bias, u
+            dn_off = chan[:, None] * state + offs_n[None, :]
 
-        A = tl.load(A_ptr + dn_off, mask=mask_dn, other=0.0)
-        A2 = (A * _LOG2E)[:, :, None]
-        if HAS_D:
-            Dv = tl.load(D_ptr + chan, mask=mask_d, other=0.0)
-        if HAS_BIAS:
-            bias = tl.load(bias_ptr + chan, mask=mask_d, other=0.0)
-        row = (b * dim + chan) * length  # start of each channel's row in u, delta, z, y
-        bc_row = ((b * groups + g) * state + offs_n) * length  # start of each state's row in B, C
-
-        h = tl.zeros([BLOCK_D, BLOCK_N], dtype=u_ptr.dtype.element_ty)
-        for k in range(0, nchunks):
-            t = k * CHUNK + offs_t
-            mask_t = t < length
-            m_dt = mask_d[:, None] & mask_t[None, :]
-            m_nt = mask_n[:, None] & mask_t[None, :]
-            if SAVE:
-                tl.store(ckpt_ptr + (b * nchunks + k) * dim * state + dn_off, h, mask=mask_dn)
-            u = tl.load(u_ptr + row[:, None] + t[None, :], mask=m_dt, other=0.0)
-            dt = tl.load(delta_ptr + row[:, None] + t[None, :], mask=m_dt, other=0.0)
-            if HAS_BIAS:
-                dt += bias[:, None]
-            if SOFTPLUS:
-                dt = _softplus(dt)
-            dt = tl.where(m_dt, dt, 0.0)  # padding: decay 1, input 0
-            Bt = tl.load(B_ptr + bc_row[:, None] + t[None, :], mask=m_nt, other=0.0)
-            Ct = tl.load(C_ptr + bc_row[:, None] + t[None, :], mask=m_nt, other=0.0)
-
-            a = tl.exp2(dt[:, None, :] * A2)
-            x = (dt * u)[:, None, :] * Bt[None, :, :]
-            a_cum, x_cum = tl.associative_scan((a, x), axis=2, combine_fn=_affine_combine)
-            hs = a_cum * h[:, :, None] + x_cum
-            y = tl.sum(hs * Ct[None, :, :], axis=1)
+            A = tl.load(A_ptr + dn_off, mask=mask_dn, other=0.0)
+            A2 = (A * _LOG2E)[:, :, None]
             if HAS_D:
-                y += Dv[:, None] * u
-            if HAS_Z:
-                zt = tl.load(z_ptr + row[:, None] + t[None, :], mask=m_dt, other=0.0)
-                y = y * zt * tl.sigmoid(zt)
-            tl.store(y_ptr + row[:, None] + t[None, :], y, mask=m_dt)
-            h = tl.sum(tl.where(offs_t[None, None, :] == CHUNK - 1, hs, 0.0), axis=2)
-        tl.store(last_ptr + b * dim * state + dn_off, h, mask=mask_dn)
+                Dv = tl.load(D_ptr + chan, mask=mask_d, other=0.0)
+            if HAS_BIAS:
+                bias = tl.load(bias_ptr + chan, mask=mask_d, other=0.0)
+            row = (b * dim + chan) * length  # start of each channel's row in delta (and u, z, y: plain)
+            urow = orow if SHARED_U else row
+            bc_row = ((b * NDIR * groups + gk) * state + offs_n) * length  # each state's row in B, C
+
+            h = tl.zeros([BLOCK_D, BLOCK_N], dtype=u_ptr.dtype.element_ty)
+            for k in range(0, nchunks):
+                t = k * CHUNK + offs_t
+                mask_t = t < length
+                m_dt = mask_d[:, None] & mask_t[None, :]
+                m_nt = mask_n[:, None] & mask_t[None, :]
+                if MAPPED:  # step t of the walk is at position maps[kdir, t] of the map: a gather
+                    pos = tl.load(maps_ptr + kdir * length + t, mask=mask_t, other=0)
+                else:
+                    pos = t
+                if SAVE:
+                    tl.store(ckpt_ptr + (b * nchunks + k) * dim * state + dn_off, h, mask=mask_dn)
+                u = tl.load(u_ptr + urow[:, None] + pos[None, :], mask=m_dt, other=0.0)
+                dt = tl.load(delta_ptr + row[:, None] + pos[None, :], mask=m_dt, other=0.0)
+                if HAS_BIAS:
+                    dt += bias[:, None]
+                if SOFTPLUS:
+                    dt = _softplus(dt)
+                dt = tl.where(m_dt, dt, 0.0)  # padding: decay 1, input 0
+                Bt = tl.load(B_ptr + bc_row[:, None] + pos[None, :], mask=m_nt, other=0.0)
+                Ct = tl.load(C_ptr + bc_row[:, None] + pos[None, :], mask=m_nt, other=0.0)
+
+                a = tl.exp2(dt[:, None, :] * A2)
+                x = (dt * u)[:, None, :] * Bt[None, :, :]
+                a_cum, x_cum = tl.associative_scan((a, x), axis=2, combine_fn=_affine_combine)
+                hs = a_cum * h[:, :, None] + x_cum
+                y = tl.sum(hs * Ct[None, :, :], axis=1)
+                if HAS_D:
+                    y += Dv[:, None] * u
+                ptr_y = orow[:, None] + pos[None, :]
+                if HAS_Z:  # the plain scan's gate (the directional op gates the sum outside)
+                    zt = tl.load(z_ptr + ptr_y, mask=m_dt, other=0.0)
+                    y = y * zt * tl.sigmoid(zt)
+                if NDIR > 1:  # the directions before this one (same program, same rows) wrote their sum
+                    y = tl.load(y_ptr + ptr_y, mask=m_dt & (kdir > 0), other=0.0) + y
+                tl.store(y_ptr + ptr_y, y, mask=m_dt)
+                h = tl.sum(tl.where(offs_t[None, None, :] == CHUNK - 1, hs, 0.0), axis=2)
+            tl.store(last_ptr + b * dim * state + dn_off, h, mask=mask_dn)
+            if NDIR > 1:  # the next direction reads y where other threads of the program wrote it
+                tl.debug_barrier()
 
     def _scan_bwd_kernel(
-        u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ckpt_ptr, dout_ptr, dlast_ptr,
+        u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, maps_ptr, ckpt_ptr, dout_ptr, dlast_ptr,
         du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
-        dim, length, nchunks, dim_per_group, groups, state,
+        dim, dim_out, length, nchunks, dim_per_group, groups, state,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
         HAS_DLAST: tl.constexpr, ATOMIC_BC: tl.constexpr,
+        MAPPED: tl.constexpr, NDIR: tl.constexpr, SHARED_U: tl.constexpr,
         BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
     ):
         blk = tl.program_id(0)
@@ -223,120 +279,138 @@ if tl is not None:
         b = tl.program_id(2).to(tl.int64)
         offs_d = blk * BLOCK_D + tl.arange(0, BLOCK_D)
         mask_d = offs_d < dim_per_group
-        chan = g * dim_per_group + offs_d
         offs_n = tl.arange(0, BLOCK_N)
         mask_n = offs_n < state
         offs_t = tl.arange(0, CHUNK)
         mask_dn = mask_d[:, None] & mask_n[None, :]
-        dn_off = chan[:, None] * state + offs_n[None, :]
+        ochan = g * dim_per_group + offs_d  # channel of dout (and of a shared u, du)
+        orow = (b * dim_out + ochan) * length
+        for kdir in range(0, NDIR):
+            gk = kdir * groups + g
+            chan = gk * dim_per_group + offs_d
+            dn_off = chan[:, None] * state + offs_n[None, :]
 
-        A = tl.load(A_ptr + dn_off, mask=mask_dn, other=0.0)
-        A3 = A[:, :, None]
-        A2_2d = A * _LOG2E
-        A2 = A2_2d[:, :, None]
-        if HAS_D:
-            Dv = tl.load(D_ptr + chan, mask=mask_d, other=0.0)
-        if HAS_BIAS:
-            bias = tl.load(bias_ptr + chan, mask=mask_d, other=0.0)
-        row = (b * dim + chan) * length
-        bc_row = ((b * groups + g) * state + offs_n) * length
-
-        if HAS_DLAST:  # r: what the steps after this chunk pass back into its last step
-            r = tl.load(dlast_ptr + b * dim * state + dn_off, mask=mask_dn, other=0.0)
-        else:
-            r = tl.zeros([BLOCK_D, BLOCK_N], dtype=u_ptr.dtype.element_ty)
-        dA_acc = tl.zeros([BLOCK_D, BLOCK_N], dtype=u_ptr.dtype.element_ty)
-        dD_acc = tl.zeros([BLOCK_D], dtype=u_ptr.dtype.element_ty)
-        dbias_acc = tl.zeros([BLOCK_D], dtype=u_ptr.dtype.element_ty)
-        for kk in range(0, nchunks):
-            k = nchunks - 1 - kk
-            t = k * CHUNK + offs_t
-            mask_t = t < length
-            m_dt = mask_d[:, None] & mask_t[None, :]
-            m_nt = mask_n[:, None] & mask_t[None, :]
-            ptr_dt = row[:, None] + t[None, :]
-
-            u = tl.load(u_ptr + ptr_dt, mask=m_dt, other=0.0)
-            xd = tl.load(delta_ptr + ptr_dt, mask=m_dt, other=0.0)
-            if HAS_BIAS:
-                xd += bias[:, None]
-            if SOFTPLUS:
-                dt = tl.where(m_dt, _softplus(xd), 0.0)
-            else:
-                dt = xd
-            # the decay of the next step (1 past the chunk's end: r already holds it)
-            m_next = mask_d[:, None] & ((offs_t < CHUNK - 1) & (t + 1 < length))[None, :]
-            xn = tl.load(delta_ptr + ptr_dt + 1, mask=m_next, other=0.0)
-            if HAS_BIAS:
-                xn += bias[:, None]
-            if SOFTPLUS:
-                xn = _softplus(xn)
-            dt_next = tl.where(m_next, xn, 0.0)
-            Bt = tl.load(B_ptr + bc_row[:, None] + t[None, :], mask=m_nt, other=0.0)
-            Ct = tl.load(C_ptr + bc_row[:, None] + t[None, :], mask=m_nt, other=0.0)
-            dout = tl.load(dout_ptr + ptr_dt, mask=m_dt, other=0.0)
-
-            # recompute this chunk's states from the one saved at its start
-            h0 = tl.load(ckpt_ptr + (b * nchunks + k) * dim * state + dn_off, mask=mask_dn, other=0.0)
-            a = tl.exp2(dt[:, None, :] * A2)
-            dtu = dt * u
-            x = dtu[:, None, :] * Bt[None, :, :]
-            a_cum, x_cum = tl.associative_scan((a, x), axis=2, combine_fn=_affine_combine)
-            hs = a_cum * h0[:, :, None] + x_cum
-
-            if HAS_Z:
-                zt = tl.load(z_ptr + ptr_dt, mask=m_dt, other=0.0)
-                sz = tl.sigmoid(zt)
-                yp = tl.sum(hs * Ct[None, :, :], axis=1)
-                if HAS_D:
-                    yp += Dv[:, None] * u
-                tl.store(dz_ptr + ptr_dt, dout * yp * sz * (1.0 + zt * (1.0 - sz)), mask=m_dt)
-                dy = dout * zt * sz
-            else:
-                dy = dout
-
-            # dh_t = C_t dy_t + a_{t+1} dh_{t+1}, a reverse scan, plus the carry from later chunks
-            a_next = tl.exp2(dt_next[:, None, :] * A2)
-            p_cum, g_cum = tl.associative_scan((a_next, Ct[None, :, :] * dy[:, None, :]), axis=2,
-                                               combine_fn=_affine_combine, reverse=True)
-            dh = p_cum * r[:, :, None] + g_cum
-            q = dh * (hs - x)  # = dh a h_{t-1}: the gradient w.r.t. dt * A
-
-            dhB = tl.sum(dh * Bt[None, :, :], axis=1)
-            ddt = dhB * u + tl.sum(q * A3, axis=1)
-            du = dhB * dt
+            A = tl.load(A_ptr + dn_off, mask=mask_dn, other=0.0)
+            A3 = A[:, :, None]
+            A2_2d = A * _LOG2E
+            A2 = A2_2d[:, :, None]
             if HAS_D:
-                du += Dv[:, None] * dy
-                dD_acc += tl.sum(dy * u, axis=1)
-            tl.store(du_ptr + ptr_dt, du, mask=m_dt)
-            if SOFTPLUS:
-                ddt = ddt * tl.sigmoid(xd)
-            ddt = tl.where(m_dt, ddt, 0.0)
-            tl.store(ddelta_ptr + ptr_dt, ddt, mask=m_dt)
+                Dv = tl.load(D_ptr + chan, mask=mask_d, other=0.0)
             if HAS_BIAS:
-                dbias_acc += tl.sum(ddt, axis=1)
-            dA_acc += tl.sum(q * dt[:, None, :], axis=2)
+                bias = tl.load(bias_ptr + chan, mask=mask_d, other=0.0)
+            row = (b * dim + chan) * length
+            urow = orow if SHARED_U else row
+            bc_row = ((b * NDIR * groups + gk) * state + offs_n) * length
 
-            dB = tl.sum(dh * dtu[:, None, :], axis=0)
-            dC = tl.sum(hs * dy[:, None, :], axis=0)
-            ptr_nt = bc_row[:, None] + t[None, :]
-            if ATOMIC_BC:
-                tl.atomic_add(dB_ptr + ptr_nt, dB, mask=m_nt, sem="relaxed")
-                tl.atomic_add(dC_ptr + ptr_nt, dC, mask=m_nt, sem="relaxed")
+            if HAS_DLAST:  # r: what the steps after this chunk pass back into its last step
+                r = tl.load(dlast_ptr + b * dim * state + dn_off, mask=mask_dn, other=0.0)
             else:
-                tl.store(dB_ptr + ptr_nt, dB, mask=m_nt)
-                tl.store(dC_ptr + ptr_nt, dC, mask=m_nt)
-            # a_start dh_start, with a_start remade from dt so that the (BLOCK_D, N, CHUNK) decays
-            # need not stay live through the reverse scan
-            dt0 = tl.sum(tl.where(offs_t[None, :] == 0, dt, 0.0), axis=1)
-            dh0 = tl.sum(tl.where(offs_t[None, None, :] == 0, dh, 0.0), axis=2)
-            r = tl.exp2(dt0[:, None] * A2_2d) * dh0
+                r = tl.zeros([BLOCK_D, BLOCK_N], dtype=u_ptr.dtype.element_ty)
+            dA_acc = tl.zeros([BLOCK_D, BLOCK_N], dtype=u_ptr.dtype.element_ty)
+            dD_acc = tl.zeros([BLOCK_D], dtype=u_ptr.dtype.element_ty)
+            dbias_acc = tl.zeros([BLOCK_D], dtype=u_ptr.dtype.element_ty)
+            for kk in range(0, nchunks):
+                k = nchunks - 1 - kk
+                t = k * CHUNK + offs_t
+                mask_t = t < length
+                m_dt = mask_d[:, None] & mask_t[None, :]
+                m_nt = mask_n[:, None] & mask_t[None, :]
+                # the decay of the next step (1 past the chunk's end: r already holds it)
+                mask_next = (offs_t < CHUNK - 1) & (t + 1 < length)
+                m_next = mask_d[:, None] & mask_next[None, :]
+                if MAPPED:  # positions of the walk's steps t and t + 1 in the map: gathers
+                    pos = tl.load(maps_ptr + kdir * length + t, mask=mask_t, other=0)
+                    pos_next = tl.load(maps_ptr + kdir * length + t + 1, mask=mask_next, other=0)
+                else:
+                    pos = t
+                    pos_next = t + 1
+                ptr_dt = row[:, None] + pos[None, :]
+                ptr_u = urow[:, None] + pos[None, :]
+                ptr_o = orow[:, None] + pos[None, :]
 
-        tl.store(dA_ptr + b * dim * state + dn_off, dA_acc, mask=mask_dn)
-        if HAS_D:
-            tl.store(dD_ptr + b * dim + chan, dD_acc, mask=mask_d)
-        if HAS_BIAS:
-            tl.store(dbias_ptr + b * dim + chan, dbias_acc, mask=mask_d)
+                u = tl.load(u_ptr + ptr_u, mask=m_dt, other=0.0)
+                xd = tl.load(delta_ptr + ptr_dt, mask=m_dt, other=0.0)
+                if HAS_BIAS:
+                    xd += bias[:, None]
+                if SOFTPLUS:
+                    dt = tl.where(m_dt, _softplus(xd), 0.0)
+                else:
+                    dt = xd
+                xn = tl.load(delta_ptr + row[:, None] + pos_next[None, :], mask=m_next, other=0.0)
+                if HAS_BIAS:
+                    xn += bias[:, None]
+                if SOFTPLUS:
+                    xn = _softplus(xn)
+                dt_next = tl.where(m_next, xn, 0.0)
+                Bt = tl.load(B_ptr + bc_row[:, None] + pos[None, :], mask=m_nt, other=0.0)
+                Ct = tl.load(C_ptr + bc_row[:, None] + pos[None, :], mask=m_nt, other=0.0)
+                dout = tl.load(dout_ptr + ptr_o, mask=m_dt, other=0.0)
+
+                # recompute this chunk's states from the one saved at its start
+                h0 = tl.load(ckpt_ptr + (b * nchunks + k) * dim * state + dn_off, mask=mask_dn, other=0.0)
+                a = tl.exp2(dt[:, None, :] * A2)
+                dtu = dt * u
+                x = dtu[:, None, :] * Bt[None, :, :]
+                a_cum, x_cum = tl.associative_scan((a, x), axis=2, combine_fn=_affine_combine)
+                hs = a_cum * h0[:, :, None] + x_cum
+
+                if HAS_Z:
+                    zt = tl.load(z_ptr + ptr_o, mask=m_dt, other=0.0)
+                    sz = tl.sigmoid(zt)
+                    yp = tl.sum(hs * Ct[None, :, :], axis=1)
+                    if HAS_D:
+                        yp += Dv[:, None] * u
+                    tl.store(dz_ptr + ptr_o, dout * yp * sz * (1.0 + zt * (1.0 - sz)), mask=m_dt)
+                    dy = dout * zt * sz
+                else:
+                    dy = dout
+
+                # dh_t = C_t dy_t + a_{t+1} dh_{t+1}, a reverse scan, plus the carry from later chunks
+                a_next = tl.exp2(dt_next[:, None, :] * A2)
+                p_cum, g_cum = tl.associative_scan((a_next, Ct[None, :, :] * dy[:, None, :]), axis=2,
+                                                   combine_fn=_affine_combine, reverse=True)
+                dh = p_cum * r[:, :, None] + g_cum
+                q = dh * (hs - x)  # = dh a h_{t-1}: the gradient w.r.t. dt * A
+
+                dhB = tl.sum(dh * Bt[None, :, :], axis=1)
+                ddt = dhB * u + tl.sum(q * A3, axis=1)
+                du = dhB * dt
+                if HAS_D:
+                    du += Dv[:, None] * dy
+                    dD_acc += tl.sum(dy * u, axis=1)
+                if SHARED_U and NDIR > 1:  # a shared u's gradient: the sum over the directions so far
+                    du = tl.load(du_ptr + ptr_u, mask=m_dt & (kdir > 0), other=0.0) + du
+                tl.store(du_ptr + ptr_u, du, mask=m_dt)
+                if SOFTPLUS:
+                    ddt = ddt * tl.sigmoid(xd)
+                ddt = tl.where(m_dt, ddt, 0.0)
+                tl.store(ddelta_ptr + ptr_dt, ddt, mask=m_dt)
+                if HAS_BIAS:
+                    dbias_acc += tl.sum(ddt, axis=1)
+                dA_acc += tl.sum(q * dt[:, None, :], axis=2)
+
+                dB = tl.sum(dh * dtu[:, None, :], axis=0)
+                dC = tl.sum(hs * dy[:, None, :], axis=0)
+                ptr_nt = bc_row[:, None] + pos[None, :]
+                if ATOMIC_BC:
+                    tl.atomic_add(dB_ptr + ptr_nt, dB, mask=m_nt, sem="relaxed")
+                    tl.atomic_add(dC_ptr + ptr_nt, dC, mask=m_nt, sem="relaxed")
+                else:
+                    tl.store(dB_ptr + ptr_nt, dB, mask=m_nt)
+                    tl.store(dC_ptr + ptr_nt, dC, mask=m_nt)
+                # a_start dh_start, with a_start remade from dt so that the (BLOCK_D, N, CHUNK) decays
+                # need not stay live through the reverse scan
+                dt0 = tl.sum(tl.where(offs_t[None, :] == 0, dt, 0.0), axis=1)
+                dh0 = tl.sum(tl.where(offs_t[None, None, :] == 0, dh, 0.0), axis=2)
+                r = tl.exp2(dt0[:, None] * A2_2d) * dh0
+
+            tl.store(dA_ptr + b * dim * state + dn_off, dA_acc, mask=mask_dn)
+            if HAS_D:
+                tl.store(dD_ptr + b * dim + chan, dD_acc, mask=mask_d)
+            if HAS_BIAS:
+                tl.store(dbias_ptr + b * dim + chan, dbias_acc, mask=mask_d)
+            if SHARED_U and NDIR > 1:  # the next direction adds to du where other threads wrote it
+                tl.debug_barrier()
 
     _KERNEL_SOURCES = {f.__name__: f for f in (_affine_combine, _softplus, _scan_fwd_kernel, _scan_bwd_kernel)}
 
@@ -357,10 +431,10 @@ def _kernels():
     return g["_scan_fwd_kernel"], g["_scan_bwd_kernel"]
 
 
-def _check_runnable(u: torch.Tensor):
+def _check_runnable(u: torch.Tensor, op: str = "selective_scan"):
     reason = unavailable_reason(u.device)
     if reason is not None:
-        raise RuntimeError(f"selective_scan: {reason}")
+        raise RuntimeError(f"{op}: {reason}")
 
 
 def _c(t):
@@ -372,20 +446,30 @@ def _on(device: torch.device):
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
-# ---------------------------------------------------------------------------------------------
-# the backend interface (see visionssm.ops.selective_scan)
+def _layout(u, delta, B, A, maps):
+    """(batch, dim, dim_out, length, groups per direction, state, directions) of either scan: the
+    plain one (maps None) or the directional one (delta has directions * dim_out channels)."""
+    batch, dim, length = delta.shape
+    ndir = 1 if maps is None else maps.shape[0]
+    return batch, dim, dim // ndir, length, B.shape[1] // ndir, A.shape[1], ndir
 
 
-def forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save_checkpoints):
-    """(y, last_state, checkpoints); see visionssm.ops.selective_scan for the interface."""
-    _check_runnable(u)
+def _flags(u, dim, maps):
+    return dict(MAPPED=maps is not None, NDIR=1 if maps is None else maps.shape[0], SHARED_U=u.shape[1] != dim)
+
+
+def _maps(index_maps):
+    return index_maps.to(torch.int32).contiguous()  # positions < 2**31; half the bytes of int64
+
+
+def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save_checkpoints, maps, op):
+    _check_runnable(u, op)
     u, delta, A, B, C, D, z, delta_bias = (_c(t) for t in (u, delta, A, B, C, D, z, delta_bias))
-    batch, dim, length = u.shape
-    groups, state = B.shape[1], A.shape[1]
-    dg = dim // groups
+    batch, dim, dim_out, length, groups, state, _ = _layout(u, delta, B, A, maps)
+    dg = dim_out // groups
     chunk = _chunk(state)
     nchunks = -(-length // chunk)
-    y = torch.empty_like(u)
+    y = u.new_empty(batch, dim_out, length)
     last = u.new_zeros(batch, dim, state)
     ckpt = u.new_empty(checkpoint_shape(batch, dim, length, state)) if save_checkpoints else u.new_empty(0)
     if y.numel() == 0:
@@ -396,28 +480,28 @@ def forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save_checkpoint
     with _on(u.device):
         fwd[grid](
             u, delta, A, B, C, D if D is not None else u, z if z is not None else u,
-            delta_bias if delta_bias is not None else u, y, last, ckpt if save_checkpoints else u,
-            dim, length, nchunks, dg, groups, state,
+            delta_bias if delta_bias is not None else u, maps if maps is not None else u,
+            y, last, ckpt if save_checkpoints else u,
+            dim, dim_out, length, nchunks, dg, groups, state,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=bool(delta_softplus), SAVE=bool(save_checkpoints),
+            SOFTPLUS=bool(delta_softplus), SAVE=bool(save_checkpoints), **_flags(u, dim, maps),
             BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk, num_warps=_num_warps(block_d, block_n, chunk),
         )
     return y, last, ckpt
 
 
-def backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ckpt, dout, dlast):
-    """(du, ddelta, dA, dB, dC, dD, dz, ddelta_bias), None for an absent D, z or delta_bias."""
-    _check_runnable(u)
+def _backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ckpt, dout, dlast, maps, op):
+    _check_runnable(u, op)
     u, delta, A, B, C, D, z, delta_bias, ckpt, dout, dlast = (
         _c(t) for t in (u, delta, A, B, C, D, z, delta_bias, ckpt, dout, dlast))
-    batch, dim, length = u.shape
-    groups, state = B.shape[1], A.shape[1]
-    dg = dim // groups
+    batch, dim, dim_out, length, groups, state, _ = _layout(u, delta, B, A, maps)
+    dg = dim_out // groups
     chunk = _chunk(state)
     nchunks = -(-length // chunk)
     block_d, block_n = _block_sizes(batch, groups, dg, state, u.device)
     nblk = -(-dg // block_d)
-    # every element of these is written by exactly one program (dB, dC are summed into)
+    # every element of these is written by one program (dB, dC are summed into, a shared u's du is
+    # summed over the directions by the one program that owns its rows)
     du, ddelta = torch.empty_like(u), torch.empty_like(delta)
     dz = torch.empty_like(z) if z is not None else None
     dB, dC = torch.zeros_like(B), torch.zeros_like(C)
@@ -426,31 +510,53 @@ def backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ckpt, dout, dl
     dbias_part = u.new_zeros(batch, dim) if delta_bias is not None else None
     if u.numel():
         if tuple(ckpt.shape) != checkpoint_shape(batch, dim, length, state):
-            raise RuntimeError(f"selective_scan: checkpoints of shape {tuple(ckpt.shape)} do not match the "
+            raise RuntimeError(f"{op}: checkpoints of shape {tuple(ckpt.shape)} do not match the "
                                f"triton backend's {checkpoint_shape(batch, dim, length, state)}")
         _, bwd = _kernels()
         with _on(u.device):
             bwd[(nblk, groups, batch)](
                 u, delta, A, B, C, D if D is not None else u, z if z is not None else u,
-                delta_bias if delta_bias is not None else u, ckpt, dout, dlast if dlast is not None else u,
+                delta_bias if delta_bias is not None else u, maps if maps is not None else u,
+                ckpt, dout, dlast if dlast is not None else u,
                 du, ddelta, dz if dz is not None else u, dA_part, dB, dC,
                 dD_part if D is not None else u, dbias_part if delta_bias is not None else u,
-                dim, length, nchunks, dg, groups, state,
+                dim, dim_out, length, nchunks, dg, groups, state,
                 HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                 SOFTPLUS=bool(delta_softplus), HAS_DLAST=dlast is not None, ATOMIC_BC=nblk > 1,
+                **_flags(u, dim, maps),
                 BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk, num_warps=_num_warps(block_d, block_n, chunk),
             )
     return (du, ddelta, dA_part.sum(0), dB, dC, dD_part.sum(0) if D is not None else None, dz,
             dbias_part.sum(0) if delta_bias is not None else None)
 
 
-# The directional scan (visionssm.ops.directional_scan) has no kernel of its own here yet: this
-# module defines no ``directional_forward`` / ``directional_backward``, so on this backend the op
-# gathers each direction's walk into a copy (index_select), runs the kernels above on the K*d
-# channels and gathers the outputs back (the copy-based path, inside the one custom op). A
-# direction-aware kernel would load every tile through the walk's positions (``tl.load`` of the
-# index map's chunk, then pointer offsets from it), loop over the directions inside the program
-# and add each direction's y (and a shared u's du) into the map with a barrier between
-# directions; it is not written because no GPU was at hand to compile and time it.
+# ---------------------------------------------------------------------------------------------
+# the backend interface (see visionssm.ops.selective_scan and visionssm.ops.directional_scan)
 
-__all__ = ["CHUNK", "backward", "checkpoint_shape", "forward", "unavailable_reason"]
+
+def forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save_checkpoints):
+    """(y, last_state, checkpoints); see visionssm.ops.selective_scan for the interface."""
+    return _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save_checkpoints, None, "selective_scan")
+
+
+def backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ckpt, dout, dlast):
+    """(du, ddelta, dA, dB, dC, dD, dz, ddelta_bias), None for an absent D, z or delta_bias."""
+    return _backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ckpt, dout, dlast, None, "selective_scan")
+
+
+def directional_forward(u, delta, A, B, C, D, delta_bias, delta_softplus, index_maps, save_checkpoints):
+    """(y, last_state, checkpoints), y the ungated sum over the directions on the map; see
+    visionssm.ops.directional_scan for the interface."""
+    return _forward(u, delta, A, B, C, D, None, delta_bias, delta_softplus, save_checkpoints, _maps(index_maps),
+                    "directional_scan")
+
+
+def directional_backward(u, delta, A, B, C, D, delta_bias, delta_softplus, index_maps, ckpt, dy, dlast):
+    """(du, ddelta, dA, dB, dC, dD, ddelta_bias), None for an absent D or delta_bias."""
+    du, ddelta, dA, dB, dC, dD, _, ddelta_bias = _backward(u, delta, A, B, C, D, None, delta_bias, delta_softplus,
+                                                           ckpt, dy, dlast, _maps(index_maps), "directional_scan")
+    return du, ddelta, dA, dB, dC, dD, ddelta_bias
+
+
+__all__ = ["CHUNK", "backward", "checkpoint_shape", "directional_backward", "directional_forward", "forward",
+           "unavailable_reason"]
