@@ -14,6 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from visionssm import available_backends
 from visionssm.layers import SS2D, Mamba
+from visionssm.layers.mamba import bidirectional_conv_silu
 from visionssm.layers.scan_orders import (
     cross_merge,
     cross_scan,
@@ -370,6 +371,29 @@ def test_bidirectional_mixer_equals_flipped_copies(backend, divide_out):
         return m.out_proj(m._stacked_scan(*xz.chunk(2, dim=1)).transpose(1, 2))
 
     _assert_same(_grads(m, h, m), _grads(m, h, copies), 1e-10, 1e-10)
+    with torch.no_grad():  # the in-place paths (SiLU of the convs, the gate in the op)
+        torch.testing.assert_close(m(h), copies(h), atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("length", [1, 3, 4, 9])
+@pytest.mark.parametrize("bias", [True, False])
+def test_bidirectional_conv_silu_equals_padded_convs(length, bias):
+    """Vim's two depthwise convs as shifted multiply-adds: the causal and the anti-causal conv1d of
+    the official code (the backward one on the flipped sequence), values and gradients, also when
+    the sequence is shorter than the kernel."""
+    torch.manual_seed(0)
+    fwd, bwd = (torch.nn.Conv1d(5, 5, 4, groups=5, padding=3, bias=bias).double() for _ in range(2))
+    x = torch.randn(2, 5, length, dtype=torch.float64, requires_grad=True)
+
+    def padded(t):
+        b = bwd(t.flip(-1))[..., :length].flip(-1)
+        return F.silu(torch.cat([fwd(t)[..., :length], b], dim=1))
+
+    convs = torch.nn.ModuleList([fwd, bwd])
+    _assert_same(_grads(convs, x, lambda t: bidirectional_conv_silu(t, fwd, bwd)), _grads(convs, x, padded), 1e-12,
+                 1e-12)
+    with torch.no_grad():
+        torch.testing.assert_close(bidirectional_conv_silu(x, fwd, bwd), padded(x), atol=1e-12, rtol=1e-12)
 
 
 def test_ss2d_compiles_with_the_directional_op():

