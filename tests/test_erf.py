@@ -79,6 +79,13 @@ def test_erf_command_writes_a_png_grid_of_the_expected_size(tmp_path, capsys):
     maps = np.load(tmp_path / "erf.npz")
     assert [m.shape for m in maps.values()] == [(32, 32), (32, 32)]
     assert "2 images at 32x32" in capsys.readouterr().out
+    # a random model is seeded: the same maps again, other maps with another seed
+    again = tmp_path / "again.png"
+    for seed, same in (("0", True), ("1", False)):
+        assert main(["erf", "--models", "resnet18", "vim_tiny_patch16_224", "--images", str(images), "--size", "32",
+                     "--seed", seed, "--out", str(again)]) == 0
+        assert all(np.array_equal(a, b) for a, b in zip(maps.values(), np.load(tmp_path / "again.npz").values())) \
+            == same
 
 
 def test_erf_command_rejects_bad_input(tmp_path, capsys):
@@ -91,3 +98,40 @@ def test_erf_command_rejects_bad_input(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["erf", "--models", "resnet18", "resnet18", "--checkpoint", "-", "--images", str(tmp_path)])
     assert "--checkpoint: expected one per model (2" in capsys.readouterr().err
+
+
+def test_erf_command_loads_a_training_checkpoint_with_its_head_kwargs_and_normalisation(tmp_path, capsys):
+    """A checkpoint of ``visionssm train`` (2 classes, a reduced Vim, trained at 32 px with mean/std 0.5) is
+    rebuilt as it was trained: not a 1000-class default model that the file's head does not fit."""
+    pytest.importorskip("matplotlib")
+    timm = pytest.importorskip("timm")
+    from PIL import Image
+
+    from visionssm.analysis.erf import load_images
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    torch.manual_seed(0)
+    kwargs = dict(embed_dim=32, depth=2)
+    model = timm.create_model("vim_tiny_patch16_224", num_classes=2, img_size=32, **kwargs)
+    data_config = dict(img_size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="nearest", crop_pct=1.0)
+    ckpt = tmp_path / "run" / "best.pth"
+    ckpt.parent.mkdir()
+    torch.save(dict(model=model.state_dict(), config=dict(model="vim_tiny_patch16_224", model_kwargs=kwargs),
+                    classes=["disconnected", "connected"], data_config=data_config, epoch=0), ckpt)
+
+    out = tmp_path / "erf.png"
+    assert main(["erf", "--models", "vim_tiny_patch16_224", "--checkpoint", str(ckpt), "--images", str(images),
+                 "--size", "48", "--out", str(out)]) == 0
+    assert "vim_tiny_patch16_224 (run/best.pth)" in capsys.readouterr().out
+    model.set_input_size(img_size=48)
+    want, _ = erf_map(model, load_images(sorted(images.iterdir()), 48, (0.5,) * 3, (0.5,) * 3))
+    np.testing.assert_allclose(np.load(tmp_path / "erf.npz")["0_vim_tiny_patch16_224"], want, rtol=1e-5, atol=1e-12)
+
+    with pytest.raises(SystemExit) as e:  # another model's checkpoint: one line, not a traceback
+        main(["erf", "--models", "resnet18", "--checkpoint", str(ckpt), "--images", str(images), "--size", "48",
+              "--out", str(out)])
+    assert e.value.code == 2 and "do not fit --model resnet18" in capsys.readouterr().err

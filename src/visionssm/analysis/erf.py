@@ -79,12 +79,17 @@ def load_images(paths, size: int, mean, std) -> torch.Tensor:
     return torch.stack(out)
 
 
-def create_model(name: str, size: int, checkpoint: str | None = None) -> torch.nn.Module:
-    """The model at ``size`` where it takes an img_size; weights from ``checkpoint`` (a file, loaded
-    as timm's ``pretrained_cfg_overlay=dict(file=...)`` does) or random."""
-    if checkpoint is not None and not Path(checkpoint).is_file():
+def create_model(name: str, size: int, checkpoint: str | None = None) -> tuple[torch.nn.Module, dict]:
+    """The model at ``size`` (where it takes an img_size) and its data config (``mean``, ``std``):
+    random, or rebuilt from ``checkpoint`` with that file's own head and normalisation (a run of
+    ``visionssm train`` as it was trained, any other weights file with as many classes as its head)."""
+    if checkpoint is None:
+        model = engine.create_model(name, img_size=size)
+        return model, dict(model.pretrained_cfg)
+    if not Path(checkpoint).is_file():
         raise ValueError(f"--checkpoint: no such file {checkpoint!r}")
-    return engine.create_model(name, img_size=size, pretrained_path=checkpoint)
+    model, info = engine.model_from_checkpoint(checkpoint, name, img_size=size)
+    return model, info["data_config"]
 
 
 def last_feature_map(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -196,6 +201,7 @@ def main(argv=None):
     p.add_argument("--power", type=float, default=0.2, help="display exponent (default: %(default)s)")
     p.add_argument("--cols", type=int, help="panels per row (default: all in one row)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of each random initialisation (default: %(default)s)")
     p.add_argument("--out", default="bench-out/erf.png", help="PNG to write (default: %(default)s)")
     args = p.parse_args(argv)
 
@@ -226,15 +232,16 @@ def main(argv=None):
     for name, ckpt in zip(args.models, checkpoints):
         ckpt = None if ckpt in ("-", "none", "") else ckpt
         start = time.perf_counter()
+        torch.manual_seed(args.seed)  # the same random model whenever it is drawn
         try:
-            model = create_model(name, args.size, ckpt).to(device)
-        except ValueError as e:
+            model, cfg = create_model(name, args.size, ckpt)
+        except ValueError as e:  # CheckpointError included: a file that does not fit the model
             p.error(str(e))
-        cfg = model.pretrained_cfg
+        model = model.to(device)
         images = load_images(paths, args.size, cfg.get("mean", (0.485, 0.456, 0.406)),
                              cfg.get("std", (0.229, 0.224, 0.225))).to(device)
         erf, used = erf_map(model, images, args.batch_size)
-        label = "random init" if ckpt is None else Path(ckpt).name
+        label = "random init" if ckpt is None else "/".join(Path(ckpt).parts[-2:])  # run folder/file
         ratios = ", ".join(f"{t:g}: {area_ratio(erf, t):.3f}" for t in AREA_THRESHOLDS)
         print(f"{name} ({label}): {used} images in {time.perf_counter() - start:.1f} s; area ratio {ratios}")
         maps.append(erf)
