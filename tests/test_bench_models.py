@@ -339,3 +339,28 @@ def test_bench_dense_memory_records_a_row_per_case(tmp_path):
     assert ok["params_m"] > 0 and ok["peak_mb"] >= 0 and ok["forward_s"] > 0
     assert bad["backbone"] == "no_such_model" and "no_such_model" in bad["error"]
     assert "| resnet18 | 64 |" in (tmp_path / "memory.md").read_text()
+
+
+@pytest.mark.parametrize("user", [None, "active"])
+def test_case_processes_wait_passively_unless_the_user_chose(monkeypatch, user):
+    """OpenMP workers that spin slow cases down 10-50x on a loaded machine (machine.omp_wait_policy):
+    the case server starts with the passive policy, or the user's, and the machine line says which."""
+    from visionssm.bench import isolated
+    from visionssm.bench.machine import describe
+
+    if user is None:
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    else:
+        monkeypatch.setenv("OMP_WAIT_POLICY", user)
+    started = {}
+
+    def popen(*args, **kwargs):
+        started.update(kwargs["env"])
+        raise RuntimeError("not started")
+
+    monkeypatch.setattr(isolated.subprocess, "Popen", popen)
+    with pytest.raises(RuntimeError, match="not started"):
+        isolated._Server()._start()
+    assert started["OMP_WAIT_POLICY"] == (user or "passive")
+    assert f"OMP_WAIT_POLICY={user or 'passive'}" in describe("cpu", cases_isolated=True)
+    assert "OMP_WAIT_POLICY" not in describe("cpu")

@@ -29,7 +29,8 @@ socket of its own. ``case.row`` holds the emitted fields and, once the case fail
 One server process imports torch, timm, visionssm and each function's module once, then forks a
 fresh process per call: no call pays the imports, and none is a fork of a process that has
 computed anything, so none inherits a thread pool (OpenMP) or allocator state. Where there is no
-``fork``, each call gets a new server.
+``fork``, each call gets a new server. The server runs with OpenMP's passive wait policy unless the
+user set ``OMP_WAIT_POLICY`` (see :func:`visionssm.bench.machine.omp_wait_policy` for why).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ import time
 
 import torch
 
-from visionssm.bench.machine import status_kb
+from visionssm.bench.machine import omp_wait_policy, status_kb
 from visionssm.bench.measure import peak_memory, release_free_memory
 
 # statuses of a case that ran out of memory or time (a larger size of the same series would too)
@@ -256,7 +257,8 @@ class _Server:
         self.stderr = tempfile.TemporaryFile()
         code = f"from visionssm.bench.isolated import _serve; _serve(once={not hasattr(os, 'fork')})"
         self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.stderr, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                                     stderr=self.stderr, env={**os.environ, "HF_HUB_OFFLINE": "1",
+                                                              "OMP_WAIT_POLICY": omp_wait_policy()})
         self.messages = _Messages(self.proc.stdout.fileno(), RESULT_MARK)
 
     def close(self):

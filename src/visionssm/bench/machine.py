@@ -21,9 +21,28 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def describe(device: str = "cpu") -> str:
+def omp_wait_policy() -> str:
+    """The OpenMP wait policy of the processes that run benchmark cases: the user's
+    ``OMP_WAIT_POLICY``, else ``passive``.
+
+    OpenMP's default lets idle workers spin after every parallel region; a process here holds two
+    runtimes (PyTorch's libgomp and the one numba's scan threads use), and on a machine with other
+    work both spin against preempted peers. Measured on the 2-core Xeon at load average 7 (helpers
+    training beside it), batch 1 at 224 px, 2 threads: Vim-T 13.0 s per image by default against
+    0.24 s passive, DeiT-T 2.0 s against 0.056 s, ConvNeXt-T 2.4 s against 0.20 s: slowdowns of
+    10-50x that differ by model, which no interleaving of rounds can cancel. Passive workers sleep
+    when a region ends, so load slows every case alike, by the CPU it takes.
+    """
+    return os.environ.get("OMP_WAIT_POLICY") or "passive"
+
+
+def describe(device: str = "cpu", cases_isolated: bool = False) -> str:
+    """The machine line of a benchmark; ``cases_isolated``: the cases run in child processes of
+    :mod:`visionssm.bench.isolated` (whose OpenMP wait policy it names)."""
     parts = [f"{cpu_model()}, {os.cpu_count()} logical cores, torch {torch.__version__} "
              f"({torch.get_num_threads()} threads), Python {platform.python_version()}"]
+    if cases_isolated:
+        parts.append(f"cases run with OMP_WAIT_POLICY={omp_wait_policy()}")
     try:
         import numba
 
