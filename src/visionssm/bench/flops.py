@@ -3,6 +3,8 @@ with the formulas it lacks or gets wrong supplied here."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -11,7 +13,11 @@ def _flop_mapping():
 
     * the CPU flash-attention kernel that SDPA runs on the CPU is not counted at all;
     * ``convolution_backward`` ignores ``groups`` for the weight gradient (a depthwise conv's
-      backward counts as a dense conv: C times too much); each gradient costs one forward conv.
+      backward counts as a dense conv: C times too much); each gradient costs one forward conv;
+    * ``addcmul``: a multiply-add per output element, counted because Vim's depthwise convs are
+      written as shifted ``addcmul_`` (``layers.mamba.bidirectional_conv_silu``: one per tap, over
+      the steps that tap reaches). Their backward is elementwise multiplies and sums, which are not
+      counted: 2 x 4 x length x d_inner x 2 per block, under 1% of a Vim's backward.
     """
     import torch.utils.flop_counter as fc
 
@@ -29,7 +35,11 @@ def _flop_mapping():
         one = fc.conv_flop_count(x_shape, w_shape, grad_out_shape, transposed=transposed)
         return one * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
 
-    return {aten._scaled_dot_product_flash_attention_for_cpu: sdpa_cpu,
+    def addcmul(self_shape, *args, out_shape=None, **kwargs):
+        return 2 * math.prod(out_shape)
+
+    return {aten.addcmul: addcmul, aten.addcmul_: addcmul,
+            aten._scaled_dot_product_flash_attention_for_cpu: sdpa_cpu,
             aten._scaled_dot_product_flash_attention_for_cpu_backward: sdpa_cpu_backward,
             aten.convolution_backward: conv_backward}
 
