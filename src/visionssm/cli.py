@@ -12,7 +12,7 @@ import sys
 
 # command -> ("module:function" taking argv, one-line help); a bare module means its main
 COMMANDS = {
-    "bench": ("visionssm.bench", "benchmarks: models vs resolution (default), 'scan' (the selective-scan backends)"),
+    "bench": ("visionssm.bench", "benchmarks: models vs resolution (default), 'video' (vs frames), 'scan', ..."),
     "erf": ("visionssm.analysis.erf", "effective-receptive-field pictures of models, side by side"),
     "models": ("visionssm.cli:models_main", "list this library's models"),
     "export": ("visionssm.export", "a model to ONNX (onnxruntime) or torch.export .pt2, verified"),

@@ -1,7 +1,8 @@
 """Benchmarks: ``visionssm bench`` (models vs resolution, the main job), ``visionssm bench scan``
 (the selective-scan backends on CPU), ``scan-gpu`` (the Triton kernel), ``export`` (onnxruntime vs
 eager vs torch.compile), ``train`` (the recorded digits/pathfinder training results), ``dense`` (segmentation memory vs
-resolution, short segmentation/detection trainings on generated data)."""
+resolution, short segmentation/detection trainings on generated data), ``video`` (video models vs
+number of frames; ``visionssm bench --video`` is the same)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,11 @@ TARGETS = {
     "export": "visionssm.bench.export",
     "train": "visionssm.bench.train_results",
     "dense": "visionssm.bench.dense",
+    "video": "visionssm.bench.video",
 }
 DEFAULT_TARGET = "models"
+# a flag in place of a target: `visionssm bench --video ...` is `visionssm bench video ...`
+ALIASES = {"--video": "video"}
 
 
 def main(argv=None):
@@ -26,6 +30,9 @@ def main(argv=None):
         print(f"visionssm bench [{'|'.join(TARGETS)}]: targets {', '.join(TARGETS)} (default: {DEFAULT_TARGET}); "
               f"`visionssm bench <target> --help` lists a target's options\n")
         argv = [DEFAULT_TARGET, *argv]
+    alias = next((a for a in argv if a in ALIASES), None) if argv and argv[0].startswith("-") else None
+    if alias is not None:
+        argv = [ALIASES[alias], *(a for a in argv if a != alias)]
     if not argv or argv[0].startswith("-"):
         argv = [DEFAULT_TARGET, *argv]
     if argv[0] not in TARGETS:

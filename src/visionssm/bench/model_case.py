@@ -38,7 +38,12 @@ def create_model(model: str, size: tuple[int, int] | None = None, attention: str
     """The model 'NAME[:key=value...]' (random init), at ``size`` where the model takes an img_size,
     with attention in mode 'sdpa' or 'explicit' ('-': as built)."""
     name, kwargs = parse_model(model)
-    net = engine.create_model(name, img_size=size, model_kwargs=kwargs)
+    return set_attention(engine.create_model(name, img_size=size, model_kwargs=kwargs), attention)
+
+
+def set_attention(net, attention: str = "-"):
+    """``net`` with its timm attention modules (those with a ``fused_attn`` switch) in mode 'sdpa'
+    (PyTorch's fused kernel) or 'explicit' (the attention matrix materialised); '-': as built."""
     if attention != "-":
         for m in net.modules():
             if hasattr(m, "fused_attn"):
@@ -83,13 +88,13 @@ def _make_step(model, x, train: bool, device: torch.device):
     return step
 
 
-def _setup(child, model: str, attention: str, size: tuple[int, int], batch_size: int, train: bool,
-           device: str, count: bool):
-    """Build the case's step, emit its size (and, with ``count``, its MACs), warm it up; the step,
-    or None when it cannot be built (its ``status`` emitted)."""
+def setup_step(child, build, size: tuple[int, ...], batch_size: int, train: bool, device: str, count: bool):
+    """Build the case's model with ``build()``, emit its size (and, with ``count``, its MACs for one
+    input of ``size``: (height, width), or (frames, height, width) for a clip), make its step and
+    warm it up; the step, or None when it cannot be built (its ``status`` emitted)."""
     device = torch.device(device)
     try:
-        net = create_model(model, size, attention)
+        net = build()
     except Exception as e:
         child.emit(status="oom" if is_oom(e) else "unsupported", note=f"{type(e).__name__}: {e}"[:300])
         return None
@@ -115,11 +120,13 @@ def measure_case(child, model: str, attention: str, height: int, width: int, bat
                  device: str):
     """Run in the case's fresh process: emit params_m, weights_mb and gmacs (step_gmacs); return the
     warmed-up step whose peak memory the runner measures (None when it cannot be built)."""
-    return _setup(child, model, attention, (height, width), batch_size, train, device, count=True)
+    return setup_step(child, lambda: create_model(model, (height, width), attention), (height, width),
+                      batch_size, train, device, count=True)
 
 
 def time_case(child, model: str, attention: str, height: int, width: int, batch_size: int, train: bool,
               device: str):
     """Run in the case's process kept alive for the timing rounds: the warmed-up step (None when it
     cannot be built)."""
-    return _setup(child, model, attention, (height, width), batch_size, train, device, count=False)
+    return setup_step(child, lambda: create_model(model, (height, width), attention), (height, width),
+                      batch_size, train, device, count=False)

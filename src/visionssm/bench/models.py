@@ -99,21 +99,28 @@ def series_name(model: str, attention: str) -> str:
     return model if attention == "-" else f"{model} ({attention})"
 
 
+# the module whose measure_case / time_case run a case, unless its spec names another ("case")
+CASE_MODULE = "visionssm.bench.model_case"
+
+
+def _case_args(spec: dict) -> dict:
+    return {k: v for k, v in spec.items() if k not in ("memory_limit_mb", "budget_s", "case")}
+
+
 def run_case(spec: dict, time_limit_s: float) -> dict:
     """One case's size, MACs and peak memory (spec: model, attention, height, width, batch_size,
-    train, device and memory_limit_mb) in a fresh process; its row."""
-    args = {k: v for k, v in spec.items() if k not in ("memory_limit_mb", "budget_s")}
-    row = run_isolated("visionssm.bench.model_case:measure_case", args, time_limit_s, device=spec["device"],
-                       memory_limit_mb=spec.get("memory_limit_mb"))
+    train, device and memory_limit_mb; ``case``: the module that runs it, if not model_case, with
+    the arguments its measure_case takes) in a fresh process; its row."""
+    row = run_isolated(f"{spec.get('case', CASE_MODULE)}:measure_case", _case_args(spec), time_limit_s,
+                       device=spec["device"], memory_limit_mb=spec.get("memory_limit_mb"))
     row.pop("measured_s", None)  # the rounds time the step
     return row
 
 
 def open_case(spec: dict, time_limit_s: float, release: bool = False) -> LiveCall:
     """The case ``spec`` built and warmed up in a process kept alive for the timing rounds."""
-    args = {k: v for k, v in spec.items() if k not in ("memory_limit_mb", "budget_s")}
-    return LiveCall("visionssm.bench.model_case:time_case", args, time_limit_s, device=spec["device"],
-                    memory_limit_mb=spec.get("memory_limit_mb"), release=release)
+    return LiveCall(f"{spec.get('case', CASE_MODULE)}:time_case", _case_args(spec), time_limit_s,
+                    device=spec["device"], memory_limit_mb=spec.get("memory_limit_mb"), release=release)
 
 
 def time_in_rounds(rows: list[dict], specs: list[dict], time_limit_s: float, rounds: int, budget_s: float,
@@ -139,49 +146,73 @@ def time_in_rounds(rows: list[dict], specs: list[dict], time_limit_s: float, rou
             timer.close()
 
 
-def format_row(row: dict) -> str:
-    text = report.format_row(row, [c for c in COLUMNS if c[0] != "kind"])
+CSV_FIRST = ["series", "model", "attention", "kind", "resolution", "height", "width", "pixels", "batch_size", "mode",
+             "device", "status", "latency_ms", "latency_q1_ms", "latency_q3_ms", "latency_min_ms", "rounds",
+             "images_per_s", "peak_mb", "weights_mb", "gmacs", "step_gmacs", "params_m", "other_cpus", "wall_s",
+             "note", "round_ms"]
+RATIO_FIRST = ["ssm", "peer", "peer_kind", "resolution", "pixels", "rounds", "ratio", "ratio_q1", "ratio_q3", "speed"]
+LEGEND = ("latency ms: the median of the case's per-round times (the cases of a resolution timed in "
+          "interleaved rounds, each in a process kept alive); q1 ms, q3 ms: their interquartile range "
+          "(25th and 75th percentiles); images/s at the median. peak MB: memory of one step above what is "
+          "resident before it: weights, input and, when training, the optimizer state (CPU: resident-set "
+          "growth, a fresh process per case; CUDA: growth of the peak allocated). GMACs: per image, "
+          "forward, FlopCounterMode (the scan by 9BLDN+BDL); train GMACs: forward+backward.")
+
+
+def format_row(row: dict, columns=COLUMNS) -> str:
+    text = report.format_row(row, [c for c in columns if c[0] != "kind"])
     return text + (f"  ({row['note']})" if row.get("status") != "ok" and row.get("note") else "")
 
 
-def _table(rows: list[dict]) -> list[str]:
-    return report.markdown_table(rows, [(k, t) for k, t in COLUMNS if any(r.get(k) is not None for r in rows)])
+def _table(rows: list[dict], columns=COLUMNS) -> list[str]:
+    return report.markdown_table(rows, [(k, t) for k, t in columns if any(r.get(k) is not None for r in rows)])
 
 
 def write_results(rows, machine: str, settings: str, ratios: list[dict], cross: list[str], out: Path,
-                  busy: dict | None = None) -> None:
+                  busy: dict | None = None, columns=COLUMNS, csv_first=CSV_FIRST, ratio_first=RATIO_FIRST,
+                  legend: str = LEGEND, axis: str = "resolution", size: str = "resolution",
+                  order: str = "pixels") -> None:
+    """results.csv, ratios.csv, results.md and machine.txt in ``out``; ``columns`` (the table's),
+    ``csv_first`` and ``ratio_first`` (the CSVs' first columns), ``legend`` (what the table's
+    columns mean), ``axis`` (what the sizes are, in words), ``size`` and ``order`` (the keys of a
+    size's name and order in the ratios) for a benchmark other than this one."""
     out.mkdir(parents=True, exist_ok=True)
     csv_rows = [{**r, "round_ms": " ".join(f"{v:.4g}" for v in r["round_ms"])} if r.get("round_ms") else r
                 for r in rows]
-    report.write_csv(csv_rows, out / "results.csv", first=[
-        "series", "model", "attention", "kind", "resolution", "height", "width", "pixels", "batch_size", "mode",
-        "device", "status", "latency_ms", "latency_q1_ms", "latency_q3_ms", "latency_min_ms", "rounds",
-        "images_per_s", "peak_mb", "weights_mb", "gmacs", "step_gmacs", "params_m", "other_cpus", "wall_s", "note",
-        "round_ms"])
-    report.write_csv(ratios, out / "ratios.csv", first=[
-        "ssm", "peer", "peer_kind", "resolution", "pixels", "rounds", "ratio", "ratio_q1", "ratio_q3", "speed"])
+    report.write_csv(csv_rows, out / "results.csv", first=csv_first)
+    report.write_csv(ratios, out / "ratios.csv", first=ratio_first)
     (out / "machine.txt").write_text(machine + "\n")
-    lines = [f"Machine: {machine}", "", settings, "",
-             "latency ms: the median of the case's per-round times (the cases of a resolution timed in "
-             "interleaved rounds, each in a process kept alive); q1 ms, q3 ms: their interquartile range "
-             "(25th and 75th percentiles); images/s at the median. peak MB: memory of one step above what is "
-             "resident before it: weights, input and, when training, the optimizer state (CPU: resident-set "
-             "growth, a fresh process per case; CUDA: growth of the peak allocated). GMACs: per image, "
-             "forward, FlopCounterMode (the scan by 9BLDN+BDL); train GMACs: forward+backward.", ""]
+    lines = [f"Machine: {machine}", "", settings, "", legend, ""]
     if busy:
         loud = {res: c for res, c in busy.items() if c > BUSY_CPUS}
         lines += ["CPUs other processes kept busy during the rounds: "
                   + ", ".join(f"{c:.2f} at {res}" for res, c in busy.items()) + f" (of {os.cpu_count()})"
                   + (f"; {BUSY_WARNING}" if loud else "") + ".", ""]
-    lines += _table(rows)
+    lines += _table(rows, columns)
     lines += ["", "Same-round ratios (SSM time / peer time in each round; median (q1-q3); below 1: the SSM is "
               "faster; 'undecided': the interquartile range covers 1):", ""]
-    lines += ratio_table(ratios)
-    lines += ["", "Crossover (the smallest resolution from which the SSM model is faster / uses less memory "
+    lines += ratio_table(ratios, size, order)
+    lines += ["", f"Crossover (the smallest {axis} from which the SSM model is faster / uses less memory "
               "/ both, at it and every larger one measured; 'undecided at' names the sizes whose same-round "
               "ratios leave it open, and the crossover counting them as wins or not):", ""]
     lines += [f"- {c}" for c in cross]
     (out / "results.md").write_text("\n".join(lines) + "\n")
+
+
+def print_summary(rows, ratios: list[dict], cross: list[str], busy: dict, wall_s: float, files: list,
+                  columns=COLUMNS, axis: str = "resolution", size: str = "resolution", order: str = "pixels") -> None:
+    """The table, the same-round ratios, the crossovers, a warning where the machine was busy, and
+    what was written (arguments as for :func:`write_results`)."""
+    print("\n" + "\n".join(_table(rows, columns)))
+    if ratios:
+        print("\nSame-round ratios (SSM time / peer time; median (q1-q3); below 1: the SSM is faster):")
+        print("\n".join(ratio_table(ratios, size, order)))
+    print(f"\nCrossover (smallest {axis} from which the SSM model wins, at it and every larger one):")
+    print("\n".join(f"  {c}" for c in cross) or "  (needs at least one SSM model and one other model)")
+    loud = [res for res, c in busy.items() if c > BUSY_CPUS]
+    if loud:
+        print(f"\nOther processes kept the CPUs busy at {', '.join(loud)}: {BUSY_WARNING}.")
+    print(f"\n{len(rows)} cases in {wall_s / 60:.1f} min; wrote " + ", ".join(str(f) for f in files))
 
 
 def _progress(total):
@@ -192,6 +223,68 @@ def _progress(total):
         return tqdm(total=total, unit="case", dynamic_ncols=True), tqdm.write
     except ImportError:
         return None, print
+
+
+def sweep(sizes: list[str], series: list[str], case_of, time_limit_s: float, rounds: int, budget_s: float,
+          memory_limit_mb: float | None, columns=COLUMNS, unit: str = "") -> tuple[list[dict], dict]:
+    """Run every case, size after size: (rows, busy).
+
+    ``sizes``: their names, smallest first; ``series``: their names; ``case_of(series, size)`` ->
+    (row, spec): the row's fixed columns and the spec of its case for :func:`run_case` and
+    :func:`open_case`, or spec None where it is not to run (the row then has its ``status`` and
+    ``note``). Each case runs in a fresh process for its size, MACs and peak memory; the cases of a
+    size that ran are then timed in interleaved rounds, each in a process kept alive; a series that
+    ran out of memory or time skips the larger sizes. ``busy``: size -> the CPUs other processes
+    kept busy during its rounds. ``columns`` and ``unit`` (after a size's name) shape the progress lines.
+    """
+    rows, failed_at, busy = [], {}, {}
+    bar, write = _progress(len(series) * len(sizes))
+
+    def show(text):
+        if bar is not None:
+            bar.set_postfix_str(text)
+
+    for res in sizes:
+        here = []  # (row, spec) of this size's cases; spec None: not run
+        for s in series:
+            show(f"{s} @ {res}{unit}: size and memory")
+            row, spec = case_of(s, res)
+            if s in failed_at:
+                status, at = failed_at[s]
+                row.update(status=status, note=f"not run: {status} at {at}{unit}")
+                spec = None
+            elif spec is not None:
+                row.update(run_case(spec, time_limit_s))
+            rows.append(row)
+            here.append((row, spec))
+            if bar is not None:
+                bar.update(1)
+        timed = [(row, spec) for row, spec in here if spec is not None and row["status"] == "ok"]
+        # the kept-alive processes hold their weights and what their step left in the allocator: where
+        # that would not fit, each gives its free memory back after its turn (its calls then pay the page faults)
+        held = sum((row.get("weights_mb") or 0) + (row.get("peak_mb") or 0) for row, _ in timed)
+        release = bool(memory_limit_mb) and held > memory_limit_mb
+        if release:
+            write(f"{res}{unit}: the {len(timed)} cases would hold {held / 1024:.1f} GB between their rounds; "
+                  f"each gives its free memory back after its turn")
+        if timed:
+            label = f"{len(timed)} cases @ {res}{unit}"
+            others = time_in_rounds([r for r, _ in timed], [sp for _, sp in timed], time_limit_s, rounds,
+                                    budget_s, release=release,
+                                    on_round=lambda r, label=label: show(f"{label}: round {r}"))
+            if others is not None:
+                busy[res] = others
+                write(f"{res}{unit}: other processes kept {others:.2f} of {os.cpu_count()} CPUs busy during the "
+                      f"rounds" + (f" -- {BUSY_WARNING}" if others > BUSY_CPUS else ""))
+        for row, _ in here:
+            if release and row.get("rounds"):
+                row["note"] = "; ".join(filter(None, [row.get("note"), "free memory given back after each round"]))
+            if row["status"] in FAILED and row["series"] not in failed_at:  # ran out, or case_of knew it would
+                failed_at[row["series"]] = (row["status"], res)
+            write(format_row(row, columns))
+    if bar is not None:
+        bar.close()
+    return rows, busy
 
 
 def main(argv=None):
@@ -262,7 +355,7 @@ def main(argv=None):
     modes = ATTENTION_MODES if args.attention == "both" else (args.attention,)
     series = [(m, attention) for m in models for attention in (modes if kinds[m] == "attention" else ("-",))]
 
-    machine = describe(args.device)
+    machine = describe(args.device, cases_isolated=True)
     mode = "training step (fwd+bwd+AdamW)" if args.train else "inference (no grad)"
     settings = (f"{mode}, batch {args.batch_size}, float32, device {args.device}, per-case time limit "
                 f"{time_limit:g} s" + (f", memory limit {memory_limit / 1024:.1f} GB" if memory_limit else "")
@@ -270,62 +363,22 @@ def main(argv=None):
                   f"case has run under {args.budget:g} s (at most {max(args.rounds, MAX_ROUNDS)})")
     print(f"machine: {machine}\n{settings}\n{len(series) * len(sizes)} cases: size, MACs and peak memory in a "
           f"fresh process each; latency in interleaved rounds, the cases of a resolution kept alive side by side")
-    rows, failed_at, busy = [], {}, {}
+    by_series = {series_name(m, attention): (m, attention) for m, attention in series}
+    by_size = {res_name(h, w): (h, w) for h, w in sizes}
+
+    def case_of(s, res):
+        (m, attention), (h, w) = by_series[s], by_size[res]
+        row = dict(series=s, model=m, attention=attention, kind=kinds[m], resolution=res, height=h, width=w,
+                   pixels=h * w, batch_size=args.batch_size, mode="train" if args.train else "inference",
+                   device=args.device)
+        spec = dict(model=m, attention=attention, height=h, width=w, batch_size=args.batch_size,
+                    train=args.train, device=args.device, memory_limit_mb=memory_limit)
+        return row, spec
+
     start = time.perf_counter()
-    bar, write = _progress(len(series) * len(sizes))
-
-    def show(text):
-        if bar is not None:
-            bar.set_postfix_str(text)
-
-    for h, w in sizes:
-        res = res_name(h, w)
-        here = []  # (row, spec) of this resolution's cases; spec None: not run
-        for m, attention in series:
-            s = series_name(m, attention)
-            show(f"{s} @ {res}: size and memory")
-            row = dict(series=s, model=m, attention=attention, kind=kinds[m], resolution=res, height=h, width=w,
-                       pixels=h * w, batch_size=args.batch_size, mode="train" if args.train else "inference",
-                       device=args.device)
-            spec = None
-            if s in failed_at:
-                status, at = failed_at[s]
-                row.update(status=status, note=f"not run: {status} at {at}")
-            else:
-                spec = dict(model=m, attention=attention, height=h, width=w, batch_size=args.batch_size,
-                            train=args.train, device=args.device, memory_limit_mb=memory_limit)
-                row.update(run_case(spec, time_limit))
-            rows.append(row)
-            here.append((row, spec))
-            if bar is not None:
-                bar.update(1)
-        timed = [(row, spec) for row, spec in here if spec is not None and row["status"] == "ok"]
-        # the kept-alive processes hold their weights and what their step left in the allocator: where
-        # that would not fit, each gives its free memory back after its turn (its calls then pay the page faults)
-        held = sum((row.get("weights_mb") or 0) + (row.get("peak_mb") or 0) for row, _ in timed)
-        release = bool(memory_limit) and held > memory_limit
-        if release:
-            write(f"{res}: the {len(timed)} cases would hold {held / 1024:.1f} GB between their rounds; "
-                  f"each gives its free memory back after its turn")
-        if timed:
-            label = f"{len(timed)} cases @ {res}"
-            others = time_in_rounds([r for r, _ in timed], [sp for _, sp in timed], time_limit, args.rounds,
-                                    args.budget, release=release,
-                                    on_round=lambda r, label=label: show(f"{label}: round {r}"))
-            if others is not None:
-                busy[res] = others
-                write(f"{res}: other processes kept {others:.2f} of {os.cpu_count()} CPUs busy during the rounds"
-                      + (f" -- {BUSY_WARNING}" if others > BUSY_CPUS else ""))
-        for row, spec in here:
-            if release and row.get("rounds"):
-                row["note"] = "; ".join(filter(None, [row.get("note"), "free memory given back after each round"]))
-            if spec is not None and row["status"] in FAILED:
-                failed_at[row["series"]] = (row["status"], res)
-            write(format_row(row))
-    if bar is not None:
-        bar.close()
+    rows, busy = sweep(list(by_size), list(by_series), case_of, time_limit, args.rounds, args.budget, memory_limit)
     wall = time.perf_counter() - start
-    order = {series_name(m, a): i for i, (m, a) in enumerate(series)}
+    order = {s: i for i, s in enumerate(by_series)}
     rows.sort(key=lambda r: (order[r["series"]], r["pixels"]))  # one series after another, as the table reads
 
     ratios = ratio_rows(rows)
@@ -333,17 +386,8 @@ def main(argv=None):
     out = Path(args.out)
     write_results(rows, machine, settings, ratios, cross, out, busy)
     plots = plot(rows, out, f"{mode}, batch {args.batch_size}, {args.device}\n{machine}")
-    print("\n" + "\n".join(_table(rows)))
-    if ratios:
-        print("\nSame-round ratios (SSM time / peer time; median (q1-q3); below 1: the SSM is faster):")
-        print("\n".join(ratio_table(ratios)))
-    print("\nCrossover (smallest resolution from which the SSM model wins, at it and every larger one):")
-    print("\n".join(f"  {c}" for c in cross) or "  (needs at least one SSM model and one other model)")
-    loud = [res for res, c in busy.items() if c > BUSY_CPUS]
-    if loud:
-        print(f"\nOther processes kept the CPUs busy at {', '.join(loud)}: {BUSY_WARNING}.")
-    print(f"\n{len(rows)} cases in {wall / 60:.1f} min; wrote {out / 'results.csv'}, {out / 'results.md'}, "
-          f"{out / 'ratios.csv'}" + "".join(f", {q}" for q in plots) + f", {out / 'machine.txt'}")
+    print_summary(rows, ratios, cross, busy, wall, [out / "results.csv", out / "results.md", out / "ratios.csv",
+                                                    *plots, out / "machine.txt"])
     return 0
 
 
