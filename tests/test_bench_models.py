@@ -127,6 +127,19 @@ def test_an_out_of_memory_case_is_recorded_not_raised():
     assert row["params_m"] == pytest.approx(11.69, abs=0.01)  # what was known before it ran out is kept
 
 
+def test_a_case_that_dies_is_recorded_by_how_it_died():
+    from visionssm.bench.isolated import capped, died
+
+    assert died(-9, False, "x") == dict(status="oom", note="killed (out of memory)")
+    # a segmentation fault under the address-space cap is an allocation that failed unchecked (oneDNN's
+    # Conv3d does that); without a cap it stays an error, with the process's last words as the note
+    assert died(-11, True, "x")["status"] == "oom" and "memory cap" in died(139, True, "x")["note"]
+    assert died(-11, False, "Segmentation fault") == dict(status="error", note="Segmentation fault")
+    assert died(1, True, "boom") == dict(status="error", note="boom")
+    assert capped(dict(device="cpu", memory_limit_mb=100)) and not capped(dict(device="cpu", memory_limit_mb=None))
+    assert not capped(dict(device="cuda:0", memory_limit_mb=100))
+
+
 def test_an_unsupported_size_or_kwarg_is_recorded_not_raised():
     row = run_case(_spec(TINY_VIM, 8, 8), time_limit_s=60)
     assert row["status"] == "unsupported" and "img_size" in row["note"]

@@ -68,6 +68,22 @@ def is_oom(e: BaseException) -> bool:
         isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text))
 
 
+def died(code: int | None, capped: bool, error_note: str) -> dict:
+    """The ``status`` and ``note`` of a case process that ended with exit status ``code`` without
+    saying why; ``capped``: its address space was capped (CPU, a memory limit)."""
+    if code in (-9, 137):  # SIGKILL: the kernel's OOM killer
+        return dict(status="oom", note="killed (out of memory)")
+    if capped and code in (-11, 139):  # oneDNN's Conv3d, for one, does not check some allocations
+        return dict(status="oom", note="segmentation fault under the memory cap: an allocation that failed "
+                                       "unchecked (a higher --memory-limit tells)")
+    return dict(status="error", note=error_note)
+
+
+def capped(request: dict) -> bool:
+    """Whether the process of ``request`` runs with its address space capped (see :meth:`Child.cap_memory`)."""
+    return bool(request.get("memory_limit_mb")) and torch.device(request["device"]).type == "cpu"
+
+
 def failure(e: BaseException) -> dict:
     """The ``status`` and ``note`` of a call that raised ``e``."""
     if is_oom(e):
@@ -338,9 +354,7 @@ class _Server:
                 self.close()
             row.update(status="timeout", note=f"over the {time_limit_s:g} s per-case limit")
         elif "status" not in row:
-            killed = code in (-9, 137)  # SIGKILL: the kernel's OOM killer
-            row.update(status="oom" if killed else "error",
-                       note="killed (out of memory)" if killed else self._error_note(code))
+            row.update(died(code, capped(request), self._error_note(code)))
         row["wall_s"] = time.perf_counter() - start
         return row
 
@@ -385,6 +399,7 @@ class LiveCall:
                  memory_limit_mb: float | None = None, release: bool = False, settle_s: float = SETTLE_S):
         self.row, self.time_limit_s, self.release, self.settle_s = {}, time_limit_s, release, settle_s
         self.conn = self.pid = None
+        self.capped = False
         # fork: a fork of the shared server; otherwise a server of its own, which is the process
         self.server = _server() if hasattr(os, "fork") else _Server()
         folder = tempfile.mkdtemp(prefix="visionssm-case-")
@@ -397,8 +412,9 @@ class LiveCall:
             except OSError as e:  # e.g. a temporary folder whose path is too long for a socket
                 self.row.update(status="error", note=f"no socket for the case at {path}: {e}"[:300])
                 return
-            self.pid = self.server.start(dict(target=target, args=args, device=str(device),
-                                              memory_limit_mb=memory_limit_mb, live=path))
+            request = dict(target=target, args=args, device=str(device), memory_limit_mb=memory_limit_mb, live=path)
+            self.capped = capped(request)
+            self.pid = self.server.start(request)
             if self.pid is None:
                 self.row.update(status="error", note=f"the case server did not start: {self.server._error_note(None)}")
                 return
@@ -460,10 +476,9 @@ class LiveCall:
         if "status" in self.row:
             return
         if status is None:  # it died without saying why
-            killed = code in (-9, 137)  # SIGKILL: the kernel's OOM killer
-            status = "oom" if killed else "error"
-            note = "killed (out of memory)" if killed else self.server._error_note(code)
-        self.row.update(status=status, note=note)
+            self.row.update(died(code, self.capped, self.server._error_note(code)))
+        else:
+            self.row.update(status=status, note=note)
 
     def _reap(self) -> int | None:
         if self.conn is not None:
