@@ -10,6 +10,8 @@ import torch
 from visionssm.data import DataError
 from visionssm.video import (
     CUE_PROBE_COLOURS,
+    CUE_PROBE_MEAN,
+    CUE_PROBE_STD,
     CueProbe,
     VideoFolder,
     VideoTransform,
@@ -35,15 +37,28 @@ def test_cue_probe_is_deterministic_by_seed_and_split():
     assert frames.shape == (1, 6, 32, 32, 3) and frames.dtype == torch.uint8 and label == 1
 
 
+def test_fresh_training_clips_are_new_at_every_read_and_follow_torch_seed():
+    fresh = CueProbe("train", 4, 32, 8, seed=3, fresh=True)
+    torch.manual_seed(0)
+    first = [fresh[i][0] for i in range(8)]
+    assert not any(torch.equal(first[i], fresh[i][0]) for i in range(8))  # a new clip at every read ...
+    assert [fresh[i][1] for i in range(8)] == fresh.targets == [0, 1] * 4  # ... of the same label
+    torch.manual_seed(0)
+    assert all(torch.equal(first[i], fresh[i][0]) for i in range(8))  # reproducible from torch's seed
+    # the training split of the task is fresh, validation fixed
+    assert create_video_dataset("cue-probe", "train", 4, train=True).fresh
+    assert not create_video_dataset("cue-probe", "val", 4).fresh
+
+
 def test_cue_probe_labels_are_balanced():
     ds = CueProbe("train", 4, 32, 1000)
-    assert ds.classes == ["same", "next", "opposite", "previous"]
-    assert np.bincount(ds.targets).tolist() == [250] * 4
+    assert ds.classes == ["next", "previous"]
+    assert np.bincount(ds.targets).tolist() == [500] * 2
     assert len(CueProbe("train", 4)) == 5000 and len(CueProbe("val", 4)) == 1000
 
 
 def square_colour(frames):
-    """Per frame: the colour-wheel index (0..3) of the square it shows, -1 for none."""
+    """Per frame: the colour-wheel index (0..2) of the square it shows, -1 for none."""
     palette = torch.tensor(list(CUE_PROBE_COLOURS.values()), dtype=torch.uint8)
     counts = (frames[..., None, :] == palette).all(-1).flatten(-3, -2).sum(-2)  # (..., colours)
     return torch.where(counts.max(-1).values > 0, counts.argmax(-1), -1)
@@ -59,28 +74,55 @@ def table_rule_accuracy(features, labels):
     return np.mean([rule.get(f, -1) == y for f, y in zip(features[n:], labels[n:], strict=True)])
 
 
-def test_no_single_frame_carries_the_label():
+@pytest.fixture(scope="module")
+def cue_probe_val():
     ds = CueProbe("val", 6, 32, 800, seed=1)
-    frames = torch.stack([ds[i][0][0] for i in range(len(ds))])  # (N, T, S, S, 3)
-    labels = list(ds.targets)
+    return torch.stack([ds[i][0][0] for i in range(len(ds))]), list(ds.targets)  # (N, T, S, S, 3)
+
+
+def test_no_single_frame_carries_the_label(cue_probe_val):
+    frames, labels = cue_probe_val
     colour = square_colour(frames)  # (N, T)
     assert (colour[:, [0, -1]] >= 0).all() and (colour[:, 1:-1] == -1).all()
-    # the colour of any one frame's square: a classifier of it stays at chance (25%) ...
+    palette = torch.tensor(list(CUE_PROBE_COLOURS.values()), dtype=torch.uint8)
+    area = (frames[:, [0, -1], ..., None, :] == palette).all(-1).any(-1).sum((-2, -1))
+    assert (area == 16 * 16).all()  # squares of half the frame's side, whole (drawn over the discs)
+    # the normalisation the task uses is about the clips' own statistics
+    pixels = frames.double().div(255).reshape(-1, 3)
+    assert torch.allclose(pixels.mean(0), torch.tensor(CUE_PROBE_MEAN).double(), atol=0.02)
+    assert torch.allclose(pixels.std(0), torch.tensor(CUE_PROBE_STD).double(), atol=0.03)
+    # the colour of any one frame's square: a classifier of it stays at chance (50%) ...
     for t in range(6):
-        assert table_rule_accuracy(colour[:, t].tolist(), labels) < 0.33, t
-    for y in range(4):  # ... every colour as frequent under every label, first frame and last
+        assert table_rule_accuracy(colour[:, t].tolist(), labels) < 0.57, t
+    for y in range(2):  # ... every colour as frequent under every label, first frame and last
         chosen = torch.tensor(labels) == y
-        assert np.bincount(colour[chosen, 0].numpy(), minlength=4).min() >= 30, y
-        assert np.bincount(colour[chosen, -1].numpy(), minlength=4).min() >= 30, y
-    # while the first and the last frame together decide it: the steps around the wheel
-    assert ((colour[:, -1] - colour[:, 0]) % 4).tolist() == labels
+        assert np.bincount(colour[chosen, 0].numpy(), minlength=3).min() >= 100, y
+        assert np.bincount(colour[chosen, -1].numpy(), minlength=3).min() >= 100, y
+    # while the first and the last frame together decide it: one step forwards or backwards around the wheel
+    assert ((colour[:, -1] - colour[:, 0]) % 3 == 2).long().tolist() == labels
     # the rest of a frame carries nothing either: its mean colour per quadrant, coarsely, at chance too
     s = frames.shape[-2] // 2
-    means = frames.float().reshape(len(ds), 6, 2, s, 2, s, 3).mean((3, 5))  # (N, T, 2, 2, 3)
+    means = frames.float().reshape(len(labels), 6, 2, s, 2, s, 3).mean((3, 5))  # (N, T, 2, 2, 3)
     for t in (0, 3, 5):
         m = means[:, t].flatten(1)
         coarse = [tuple(v) for v in (m > m.median(0).values).int().tolist()]
-        assert table_rule_accuracy(coarse, labels) < 0.35, t
+        assert table_rule_accuracy(coarse, labels) < 0.57, t
+
+
+def test_frames_in_no_order_carry_nothing(cue_probe_val):
+    """What a frame-averaging model sees, the frames as a set, has the same law under both labels:
+    the pair of square colours in no order is at chance, and the first and the last frame are
+    exchangeable (each disc's path runs either way in time; without that, discs that bounced sit
+    at a wall in the last frame, never in the first, and would give the order away)."""
+    frames, labels = cue_probe_val
+    colour = square_colour(frames)
+    pairs = [tuple(sorted(p)) for p in colour[:, [0, -1]].tolist()]
+    assert table_rule_accuracy(pairs, labels) < 0.57
+    disc = (frames >= 70).all(-1).float()  # disc pixels; the noise and the saturated squares fall below
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    off_centre = ((yy - 15.5) ** 2 + (xx - 15.5) ** 2).sqrt()
+    mean_off = (disc * off_centre).sum((-2, -1)) / disc.sum((-2, -1)).clamp_min(1)  # (N, T)
+    assert abs(mean_off[:, 0].mean() - mean_off[:, -1].mean()) < 0.3
 
 
 def test_cue_probe_needs_two_frames_and_room():

@@ -19,7 +19,7 @@ from torchvision.models.feature_extraction import create_feature_extractor, get_
 
 import visionssm.models.videomamba  # noqa: E402, F401  (registers the models until models/__init__ does)
 from visionssm.models.checkpoint import CheckpointError  # noqa: E402
-from visionssm.models.videomamba import VideoMamba, resample_temporal_embed  # noqa: E402
+from visionssm.models.videomamba import VideoMamba, VideoMambaFrameAvg, resample_temporal_embed  # noqa: E402
 from visionssm.models.vim import resample_pos_embed  # noqa: E402
 from visionssm.ops import selective_scan_reference  # noqa: E402
 
@@ -134,7 +134,7 @@ def test_param_count_equals_official(name):
                 model.set_input_size(img_size=setting[0])
                 model.reset_classifier(setting[1])
             assert sum(p.numel() for p in model.parameters()) == count, setting
-    assert set(timm.list_models("videomamba_*")) == set(OFFICIAL_COUNTS)
+    assert set(timm.list_models("videomamba_*")) == set(OFFICIAL_COUNTS) | {FRAMEAVG}
 
 
 def official_key_table(C, depth, frames=None, classes=1000):
@@ -185,10 +185,31 @@ def test_official_init():
     assert abs(model.pos_embed.std() - 0.02) < 0.005
     assert model.patch_embed.proj.weight.shape == (32, 3, 1, 16, 16) and model.patch_embed.proj.bias.abs().sum() > 0
     assert torch.all(model.head.bias == 0)
-    # mamba_init keeps the mixers' dt initialisation: steps log-uniform in [1e-3, 0.1]
-    m = tiny(depth=4, randomize=False, mamba_init=True).layers[0].mixer
+    # mamba_init keeps the mixers' own initialisation: steps log-uniform in [1e-3, 0.1], in_proj and
+    # x_proj at PyTorch's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)); the rest stays official
+    model = tiny(depth=4, randomize=False, mamba_init=True)
+    m = model.layers[0].mixer
     dt = F.softplus(torch.cat([m.dt_proj.bias, m.dt_proj_b.bias]))
-    assert dt.min() >= 1e-4 - 1e-7 and dt.max() <= 0.1 + 1e-6 and m.in_proj.weight.std() < 0.03
+    assert dt.min() >= 1e-4 - 1e-7 and dt.max() <= 0.1 + 1e-6
+    for proj in (m.in_proj, m.x_proj, m.x_proj_b):
+        bound = proj.in_features ** -0.5
+        assert proj.weight.abs().max() <= bound and abs(proj.weight.std() - bound / math.sqrt(3)) < 0.2 * bound
+    assert m.out_proj.weight.abs().max() <= 1 / math.sqrt(64) / math.sqrt(4) + 1e-7
+    assert abs(model.head.weight.std() - 0.02) < 0.01 and torch.all(model.cls_token == 0)
+
+
+def test_mamba_init_lets_the_last_frame_reach_the_class_token():
+    """Why mamba_init is there: only the scan carries a later frame to the class token, and at the
+    official initialisation that path starts orders of magnitude weaker (training from scratch on
+    cue-probe then waits far longer for it to grow; docs/benchmarks.md)."""
+    def reach(**kwargs):
+        model = tiny(randomize=False, **kwargs)
+        x = clip(4, 3, 4, 32, 32).requires_grad_()
+        model.forward_features(x)[:, 0].sum().backward()
+        return x.grad.abs().mean((0, 1, 3, 4))  # per frame
+
+    official, mamba = reach(), reach(mamba_init=True)
+    assert (mamba[1:] > 30 * official[1:]).all(), (official, mamba)
 
 
 # --- numerical fidelity -----------------------------------------------------------------------
@@ -460,6 +481,94 @@ def test_meta_full_size_forward():
         model = timm.create_model("videomamba_tiny_f16_224").eval()
         out = model.forward_features(torch.randn(1, 3, 16, 224, 224))
     assert out.shape == (1, 1 + 16 * 196, 192)
+
+
+# --- the frame-averaging baseline ---------------------------------------------------------------------
+
+FRAMEAVG = "videomamba_tiny_frameavg_f8_224"
+
+
+def test_frame_average_is_the_image_model_on_each_frame_in_any_order():
+    model = tiny(FRAMEAVG)
+    image = tiny("videomamba_tiny_patch16_224", randomize=False)
+    image.load_state_dict(model.state_dict())  # the very same parameters
+    assert isinstance(model, VideoMambaFrameAvg) and model.num_frames == 4
+    x = clip(2, 3, 4, 32, 32)
+    with torch.no_grad():
+        out = model(x)
+        assert torch.allclose(out, torch.stack([image(x[:, :, t]) for t in range(4)]).mean(0), atol=1e-6)
+        for order in ([3, 2, 1, 0], [2, 0, 3, 1]):  # blind to the order of the frames
+            assert torch.allclose(model(x[:, :, order]), out, atol=1e-6)
+        assert model(clip(1, 3, 7, 48, 32)).shape == (1, 10)  # any clip length and frame size
+    with torch.device("meta"):  # the image model's size: nothing depends on the clip length
+        counts = {sum(p.numel() for p in timm.create_model(n).parameters())
+                  for n in (FRAMEAVG, "videomamba_tiny_patch16_224")}
+    assert counts == {OFFICIAL_COUNTS["videomamba_tiny_patch16_224"][None]}
+
+
+def test_frame_average_timm_contract():
+    model = tiny(FRAMEAVG, depth=3)
+    x = clip(2, 3, 4, 48, 32)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        assert feats.shape == (2, 4, 1 + 3 * 2, 32)  # each frame's tokens
+        assert torch.allclose(model.forward_head(feats, pre_logits=True), feats[:, :, 0].mean(1), atol=1e-6)
+        final, inter = model.forward_intermediates(x)
+        assert torch.equal(final, feats) and [tuple(t.shape) for t in inter] == [(2, 32, 4, 3, 2)] * 3
+        maps = model.forward_intermediates(x, indices=[-1], norm=True, intermediates_only=True)[0]
+        assert torch.equal(maps[:, :, 2, 1, 0], feats[:, 2, 1 + 1 * 2 + 0])  # frame 2, row 1, column 0
+        tokens, cls = model.forward_intermediates(x, indices=1, output_fmt="NLC", norm=True,
+                                                  return_prefix_tokens=True, intermediates_only=True)[0]
+        assert torch.equal(tokens, feats[:, :, 1:].flatten(1, 2)) and torch.equal(cls, feats[:, :, 0])
+    fo = tiny(FRAMEAVG, depth=3, features_only=True, out_indices=(0, 2), randomize=False)
+    assert fo.feature_info.channels() == [32, 32] and [tuple(m.shape) for m in fo(x)] == [(2, 32, 4, 3, 2)] * 2
+    model.reset_classifier(0, "avg")
+    with torch.no_grad():
+        assert torch.allclose(model(x), feats[:, :, 1:].mean((1, 2)), atol=1e-6)
+    model.reset_classifier(5)
+    model.set_input_size(img_size=48, num_frames=6)
+    assert model.num_frames == 6 and model.pos_embed.shape == (1, 10, 32) and model(x).shape == (2, 5)
+    assert isinstance(tiny(FRAMEAVG, fc_drop_rate=0.5).head_drop, torch.nn.Dropout)
+    train = tiny(FRAMEAVG).train()
+    train(clip(2, 3, 4, 32, 32)).mean().backward()
+    assert all(p.grad is not None for p in train.parameters())
+    tracer_kwargs = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions(),
+                         param_shapes_constant=True)
+    model = tiny(FRAMEAVG)
+    _, eval_nodes = get_graph_node_names(model, tracer_kwargs=tracer_kwargs)
+    fx_model = create_feature_extractor(model, return_nodes=[eval_nodes[-1]], tracer_kwargs=tracer_kwargs)
+    for shape in ((2, 3, 4, 32, 32), (1, 3, 6, 48, 32)):  # one graph for every clip shape
+        x = clip(*shape)
+        with torch.no_grad():
+            assert torch.equal(next(iter(fx_model(x).values())), model(x)), shape
+
+
+@pytest.mark.parametrize("name", ["videomamba_tiny_f8_224", FRAMEAVG])
+def test_reset_classifier_keeps_device_dtype_and_mode(name):
+    """timm's model-suite check (tests/test_timm_suite.py runs it on the image families) on clips."""
+    model = tiny(name).eval().to(torch.float64)
+    for num_classes, pool in ((0, None), (2, None), (3, "avg")):
+        model.reset_classifier(num_classes, pool)
+        assert all(p.dtype == torch.float64 for p in model.get_classifier().parameters())
+        assert not any(m.training for m in model.modules())
+    assert model(clip(1, 3, 4, 32, 32).double()).shape == (1, 3)
+    model.train()
+    model.reset_classifier(4)
+    assert all(m.training for m in model.modules())
+
+
+def test_frame_average_loads_image_files_and_refuses_video_ones(tmp_path):
+    src = tiny("videomamba_tiny_patch16_224", seed=4)
+    torch.save({"model": src.state_dict()}, tmp_path / "in1k.pth")
+    assert same_weights(src, load(FRAMEAVG, path=tmp_path / "in1k.pth"))
+    assert timm.models.get_pretrained_cfg(FRAMEAVG).hf_hub_filename == "videomamba_t16_in1k_res224.pth"
+    torch.save(tiny(seed=5).state_dict(), tmp_path / "k400.pth")
+    with pytest.raises(ValueError, match="a video checkpoint"):
+        load(FRAMEAVG, path=tmp_path / "k400.pth")
+    with pytest.raises(ValueError, match=r"x: expected a video batch .*got shape \(1, 3, 32, 32\)"):
+        tiny(FRAMEAVG)(clip(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="num_frames: expected a positive int, got 0"):
+        tiny(FRAMEAVG, num_frames=0)
 
 
 # --- bad input --------------------------------------------------------------------------------------

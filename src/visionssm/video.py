@@ -26,15 +26,15 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import RandomResizedCrop
 
-from visionssm.data import DataError
+from visionssm.data import DataDefaults, DataError
 
 BUILTIN_VIDEO = ("cue-probe",)
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp")
 LIST_EXTENSIONS = (".csv", ".txt")
 
-__all__ = ["BUILTIN_VIDEO", "CUE_PROBE_COLOURS", "CueProbe", "VideoFolder", "VideoTransform", "create_video_dataset",
-           "cue_probe_clip", "decode_frames", "is_video_file", "read_test_clips", "require_av", "segment_indices",
-           "video_length"]
+__all__ = ["BUILTIN_VIDEO", "CUE_PROBE_COLOURS", "CUE_PROBE_MEAN", "CUE_PROBE_STD", "CueProbe", "VideoFolder",
+           "VideoTransform", "create_video_dataset", "cue_probe_clip", "decode_frames", "is_video_file",
+           "read_test_clips", "require_av", "segment_indices", "video_length"]
 
 
 # --- decoding ----------------------------------------------------------------------------------------
@@ -264,22 +264,27 @@ class VideoFolder(torch.utils.data.Dataset):
 # --- the built-in long-range task -----------------------------------------------------------------------
 
 
-# the colour wheel of the squares: red -> yellow -> green -> blue -> red; saturated, far from the greyish discs
-CUE_PROBE_COLOURS = {"red": (220, 30, 30), "yellow": (230, 210, 30), "green": (30, 200, 40), "blue": (40, 70, 230)}
+# the colour wheel of the squares: red -> green -> blue -> red; saturated, far from the greyish discs
+CUE_PROBE_COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (40, 70, 230)}
+# about the mean and standard deviation of its pixels (/ 255) at 4 to 8 frames, for the normalisation
+CUE_PROBE_MEAN, CUE_PROBE_STD = (0.19, 0.19, 0.19), (0.14, 0.14, 0.14)
 
 
 def cue_probe_clip(rng: np.random.Generator, label: int, num_frames: int, size: int) -> np.ndarray:
     """One cue-probe clip, (num_frames, size, size, 3) uint8.
 
     Every frame: a dark noisy background and two greyish discs gliding across it (bouncing off the
-    edges). The first frame also shows a coloured square (the cue), the last frame another (the
-    probe), each anywhere; ``label`` is how many steps around the colour wheel (red, yellow, green,
-    blue) the probe's colour lies from the cue's. The cue's colour is uniform, so is the probe's
-    whatever the label, and nothing else depends on it: no single frame says anything about the label.
+    edges). The first frame also shows a coloured square of half the frame's side (the cue), the
+    last frame another (the probe), each anywhere; the probe's colour is the cue's next one around
+    the colour wheel (red, green, blue) for ``label`` 0, its previous one for 1. The cue's colour is uniform, so is the
+    probe's whatever the label, and nothing else depends on it: no single frame, even knowing which
+    frame it is, says anything about the label. Each disc's path runs forwards or backwards in time
+    at random, so the frames taken as a set, in no order, have the same law under either label: a
+    model blind to frame order is at chance; only the order of cue and probe decides the label.
     """
-    side = max(2, size // 4)
+    side = size // 2  # a quarter of the frame: a smaller square leaves too little colour in its patches
     colours = np.array(list(CUE_PROBE_COLOURS.values()), dtype=np.float64)
-    cue = int(rng.integers(4))
+    cue = int(rng.integers(3))
     frames = np.clip(rng.normal(40, 12, (num_frames, size, size, 3)), 0, 255)
     yy, xx = np.mgrid[:size, :size]
     radius = size / 10
@@ -287,39 +292,50 @@ def cue_probe_clip(rng: np.random.Generator, label: int, num_frames: int, size: 
         pos = rng.uniform(radius, size - radius, 2)
         vel = rng.uniform(-1, 1, 2) * size / max(num_frames, 2)
         grey = rng.uniform(70, 150, 3)
-        for t in range(num_frames):
-            frames[t][(yy - pos[0]) ** 2 + (xx - pos[1]) ** 2 <= radius ** 2] = grey
+        path = []
+        for _ in range(num_frames):
+            path.append(pos)
             pos = pos + vel
             for axis in range(2):  # bounce
                 if not radius <= pos[axis] <= size - radius:
                     vel[axis] = -vel[axis]
                     pos[axis] = np.clip(pos[axis], radius, size - radius)
-    for t, colour in ((0, cue), (num_frames - 1, (cue + label) % 4)):
+        if rng.random() < 0.5:  # time-reversal symmetric: the first and the last frame exchangeable
+            path.reverse()
+        for t, centre in enumerate(path):
+            frames[t][(yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius ** 2] = grey
+    for t, colour in ((0, cue), (num_frames - 1, (cue + (1 if label == 0 else -1)) % 3)):
         top, left = rng.integers(size - side + 1, size=2)
         frames[t, top:top + side, left:left + side] = colours[colour]
     return frames.astype(np.uint8)
 
 
 class CueProbe(torch.utils.data.Dataset):
-    """The built-in ``cue-probe`` task: how far around the colour wheel is the last frame's square from
-    the first frame's?
+    """The built-in ``cue-probe`` task: is the last frame's square the next colour around the wheel
+    from the first frame's, or the previous one?
 
-    Generated, deterministic by (seed, split, index), balanced (label = index mod 4). Solving it needs
-    the first frame remembered until the last one (or the last until the first): a model that sees
-    one frame at a time, or that forgets over ``num_frames`` x tokens-per-frame steps, stays at
-    chance (25%). Items are ``(frames, label)`` with uint8 frames ``(1, num_frames, img_size, img_size, 3)``.
+    Balanced (label = index mod 2). Solving it needs the first frame remembered until the last one
+    (or the last until the first) and their order known: a model that sees one frame at a time, or
+    that averages over frames, or that forgets over ``num_frames`` x tokens-per-frame steps, stays at
+    chance (50%). Validation clips are fixed by (seed, split, index); with ``fresh`` (the training
+    split) every read of an index draws a new clip from torch's random state (seeded per epoch and
+    worker by the training loop, as augmentations are), so there is no fixed set to memorise.
+    Items are ``(frames, label)`` with uint8 frames ``(1, num_frames, img_size, img_size, 3)``.
     """
 
-    classes = ["same", "next", "opposite", "previous"]
+    classes = ["next", "previous"]
+    # normalised with its own statistics: ImageNet's would leave every token dominated by the dark
+    # background's offset and the squares' colour a small part of it
+    defaults = DataDefaults(img_size=32, mean=CUE_PROBE_MEAN, std=CUE_PROBE_STD)
 
     def __init__(self, split: str = "train", num_frames: int | None = None, img_size: int = 32,
-                 num_samples: int | None = None, seed: int = 0):
+                 num_samples: int | None = None, seed: int = 0, fresh: bool = False):
         if img_size < 16:
             raise ValueError(f"img_size: expected at least 16 for cue-probe, got {img_size}")
-        self.split, self.img_size, self.seed = split, img_size, seed
+        self.split, self.img_size, self.seed, self.fresh = split, img_size, seed, fresh
         self.num_frames = num_frames
         self.num_samples = num_samples or (5000 if split == "train" else 1000)
-        self.targets = [i % 4 for i in range(self.num_samples)]
+        self.targets = [i % 2 for i in range(self.num_samples)]
 
     def __len__(self) -> int:
         return self.num_samples
@@ -327,7 +343,8 @@ class CueProbe(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         if not self.num_frames or self.num_frames < 2:
             raise ValueError(f"num_frames: expected at least 2 frames for cue-probe, got {self.num_frames}")
-        rng = np.random.default_rng([self.seed % 2**32, zlib.crc32(self.split.encode()), index])
+        draw = [int(torch.randint(2**62, ()))] if self.fresh else []
+        rng = np.random.default_rng([self.seed % 2**32, zlib.crc32(self.split.encode()), index, *draw])
         frames = cue_probe_clip(rng, self.targets[index], self.num_frames, self.img_size)
         return torch.from_numpy(frames)[None], self.targets[index]
 
@@ -343,7 +360,7 @@ def create_video_dataset(data: str, split: str, num_frames: int | None = None, i
         if num_clips != 1:
             raise ValueError(f"--test-clips: cue-probe clips are generated at the clip length, one view each; "
                              f"got {num_clips} clips")
-        return CueProbe(split, num_frames, img_size or 32, num_samples, seed)
+        return CueProbe(split, num_frames, img_size or 32, num_samples, seed, fresh=train)
     if os.path.isdir(data):
         return VideoFolder(data, split, num_frames, train, num_clips, classes, num_samples, seed)
     if os.sep in data or data.startswith((".", "~")):

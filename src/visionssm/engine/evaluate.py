@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from visionssm.data import DataError
 from visionssm.engine.distributed import init_distributed
 from visionssm.engine.models import model_from_checkpoint
-from visionssm.engine.task import ShardSampler, Task, autocast_for, peak_memory_mb, task_class
+from visionssm.engine.task import ShardSampler, Task, autocast_for, peak_memory_mb, sample_units, task_class
 from visionssm.models.checkpoint import CheckpointError, load_state_dict_checked, read_checkpoint, state_dict_of
 
 
@@ -41,8 +41,9 @@ def evaluate_checkpoint(args: argparse.Namespace, train_defaults: dict) -> dict:
         res.update(count=len(task.val_set), img_size=task.data_config["img_size"],
                    images_per_s=len(task.val_set) / max(time.time() - t0, 1e-9), peak_memory_mb=peak_memory_mb(device))
         if rank == 0:
-            print(f"{args.checkpoint} on {where} ({res['count']} images, {res['img_size']} px): "
-                  f"{task.describe(res)}, {res['images_per_s']:.1f} img/s")
+            items, rate = sample_units(task)
+            print(f"{args.checkpoint} on {where} ({res['count']} {items}, {res['img_size']} px): "
+                  f"{task.describe(res)}, {res['images_per_s']:.1f} {rate}")
             print(json.dumps(res))
         return res
     finally:

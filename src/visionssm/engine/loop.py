@@ -42,7 +42,14 @@ from visionssm.engine.distributed import (
     seed_everything,
     set_rng_state,
 )
-from visionssm.engine.task import ResumableSampler, ShardSampler, autocast_for, create_task, peak_memory_mb
+from visionssm.engine.task import (
+    ResumableSampler,
+    ShardSampler,
+    autocast_for,
+    create_task,
+    peak_memory_mb,
+    sample_units,
+)
 from visionssm.models.checkpoint import CheckpointError, load_state_dict_checked
 
 # flags that describe this invocation, not the run: never restored by --resume
@@ -252,7 +259,8 @@ class Run:
             self.writer = _tensorboard(self.out)
         args, task = self.args, self.task
         self.log(f"{args.model} ({args.task}): {sum(p.numel() for p in self.raw_model.parameters()) / 1e6:.3f}M "
-                 f"parameters, {len(task.train_set)} training / {len(task.val_set)} validation images, "
+                 f"parameters, {len(task.train_set)} training / {len(task.val_set)} validation "
+                 f"{sample_units(task)[0]}, "
                  f"{len(task.classes)} classes, {task.data_config['img_size']} px, {self.world} process(es) on "
                  f"{self.device}, {self.updates_per_epoch} steps per epoch")
 
@@ -346,7 +354,7 @@ class Run:
             files.write_metrics(self.out, row, self.fields, self.writer)
             ema_note = f", EMA {score} {ema_val[score]:.2f}" if ema_val else ""
             self.log(f"epoch {pos.epoch}: train loss {row['train_loss']:.4f}, {task.describe(val)}{ema_note}, "
-                     f"{pos.time_s:.1f} s, {row['train_img_per_s']:.0f} img/s")
+                     f"{pos.time_s:.1f} s, {row['train_img_per_s']:.0f} {sample_units(task)[1]}")
         self.pos = Position(epoch=pos.epoch + 1, step=pos.step, best=pos.best)
         if improved:  # best before last: a kill between the two leaves last.pth to redo this step
             self.save("best.pth")
@@ -373,7 +381,8 @@ class Run:
                 self.writer.close()
             if rows:
                 self.log(f"done: {score} {rows[-1][score]:.2f} (best {best[score]:.2f} at epoch {best['epoch']}), "
-                         f"{summary['train_img_per_s']:.0f} img/s, peak memory {summary['peak_memory_mb']:.0f} MB, "
+                         f"{summary['train_img_per_s']:.0f} {sample_units(self.task)[1]}, "
+                         f"peak memory {summary['peak_memory_mb']:.0f} MB, "
                          f"{summary['wall_s']:.1f} s; checkpoints in {self.out}")
         return summary
 

@@ -47,6 +47,8 @@ class Task(Protocol):
         fields: the keys of :meth:`evaluate`'s result logged every epoch.
         eval_batch_size: the batch size of ``visionssm eval`` when ``-b`` is not given (one that fits:
             a detector sends every image's proposals through its RoI heads at once).
+        sample_units: optional, what the logs call the data sets' items and their rate
+            (default ``("images", "img/s")``; video: clips).
     """
 
     model: nn.Module
@@ -68,6 +70,11 @@ class Task(Protocol):
 
     def describe(self, metrics: dict) -> str:
         """One line of the metrics for the log."""
+
+
+def sample_units(task) -> tuple[str, str]:
+    """(plural, rate unit) of the task's items for the logs: images unless the task says otherwise."""
+    return getattr(task, "sample_units", ("images", "img/s"))
 
 
 def task_class(name: str) -> type:

@@ -14,6 +14,10 @@ Two families, both Vim configurations built on :class:`visionssm.models.vim.Visi
   ``[cls, frame 0 patches, frame 1 patches, ...]`` (row-major in a frame: the "spatial-first" scan)
   through every block.
 
+Beside them, a baseline with no temporal modelling, ``videomamba_tiny_frameavg_f8_224``
+(:class:`VideoMambaFrameAvg`): the image model on each frame, pooled features averaged over the
+frames (TSN's average consensus), blind to their order.
+
 The state-dict keys and shapes equal the official ones, so a released file loads as is, in either
 layout (``{'model': ...}`` for ImageNet, flat for video):
 
@@ -48,7 +52,8 @@ from visionssm.models.checkpoint import load_state_dict_checked, read_checkpoint
 from visionssm.models.vim import PatchEmbed, VisionMamba, pool_tokens, resample_pos_embed
 from visionssm.models.vim import checkpoint_filter_fn as vim_checkpoint_filter_fn
 
-__all__ = ["VideoMamba", "VideoMambaImage", "checkpoint_filter_fn", "resample_temporal_embed"]
+__all__ = ["VideoMamba", "VideoMambaFrameAvg", "VideoMambaImage", "checkpoint_filter_fn",
+           "resample_temporal_embed"]
 
 _HUB = "OpenGVLab/VideoMamba"
 # keys of the released files that no classifier has: the self-distillation head of the M/B ImageNet
@@ -132,10 +137,15 @@ class VideoMambaImage(VisionMamba):
     ``pos_embed`` at index 0.
 
     Args:
-        mamba_init: keep the mixers' own Mamba initialisation of the step size (dt biases for steps
-            log-uniform in [0.001, 0.1]: a long memory from the start) where the official
-            initialisation zeroes the dt biases (steps near 0.69: the state halves every token or
-            faster). For training from scratch on long clips; checkpoints overwrite either.
+        mamba_init: keep the mixers' own Mamba initialisation (mamba_ssm's) where the official one
+            redraws every Linear at std 0.02 and zeroes the dt biases: the step sizes log-uniform in
+            [0.001, 0.1] (a long memory from the start, where steps near 0.69 halve the state every
+            token or faster) and PyTorch's default for ``in_proj`` and ``x_proj``. With the official
+            one, a later frame's effect on the class token (which only the scan carries) starts
+            far smaller: in a 64-wide, 4-deep model at 32 px, 100x for the second frame, 2x10^4
+            for the fourth, 7x10^8 for the eighth (input gradients, 3 seeds), and learning to
+            carry one frame to another takes far longer. For training from scratch on clips;
+            checkpoints overwrite either.
         others: those of :class:`~visionssm.models.vim.VisionMamba` except the ones fixed here
             (``stride`` = ``patch_size``, a head class token, position embeddings, bidirectional summed).
     """
@@ -147,7 +157,11 @@ class VideoMambaImage(VisionMamba):
                          divide_out=False, class_token=True, cls_position="head", pos_embed=True, **kwargs)
         if mamba_init:
             for blk in self.layers:
-                blk.mixer.reset_parameters()
+                mixer = blk.mixer
+                for proj in (mixer.in_proj, mixer.x_proj, getattr(mixer, "x_proj_b", None)):
+                    if proj is not None:
+                        proj.reset_parameters()
+                mixer.reset_parameters()
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -295,6 +309,98 @@ class VideoMamba(VideoMambaImage):
         return self.norm_f(x), intermediates
 
 
+class VideoMambaFrameAvg(VideoMambaImage):
+    """The frame-averaging baseline of VideoMamba (TSN's average consensus): the image model run on
+    every frame of a clip ``(batch, channels, frames, height, width)`` on its own, its pooled features
+    averaged over the frames, then the head (a linear head: the same as averaging per-frame logits).
+
+    No token sees another frame, and nothing says where a frame sits in the clip, so the output is the
+    same for every order of the frames: what a video model gains over it is what it learns from time.
+    Its parameters are the image model's (an official ImageNet file loads as it is); ``num_frames`` is
+    only the clip length the data pipeline is asked for, any length works.
+
+    Args:
+        num_frames: the clip length it is trained on (no parameter depends on it).
+        fc_drop_rate: dropout before the head.
+        others: as :class:`VideoMambaImage`.
+    """
+
+    def __init__(self, img_size: int | tuple[int, int] = 224, num_frames: int = 8, patch_size: int = 16,
+                 in_chans: int = 3, num_classes: int = 400, embed_dim: int = 192, depth: int = 24,
+                 fc_drop_rate: float = 0.0, **kwargs):
+        if not isinstance(num_frames, int) or num_frames < 1:
+            raise ValueError(f"num_frames: expected a positive int, got {num_frames!r}")
+        super().__init__(img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
+                         embed_dim=embed_dim, depth=depth, **kwargs)
+        self.num_frames = num_frames
+        self.head_drop = nn.Dropout(fc_drop_rate) if fc_drop_rate > 0 else nn.Identity()
+
+    @torch.jit.ignore
+    def set_input_size(self, img_size: int | tuple[int, int] | None = None, num_frames: int | None = None) -> None:
+        """Change the native frame size (the position embedding is resampled) and / or the clip length."""
+        if img_size is not None:
+            super().set_input_size(img_size)
+        if num_frames is not None:
+            if not isinstance(num_frames, int) or num_frames < 1:
+                raise ValueError(f"num_frames: expected a positive int, got {num_frames!r}")
+            self.num_frames = num_frames
+
+    def _frames(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, C, T, H, W) -> (batch * T, C, H, W), clip-major."""
+        pe = self.patch_embed
+        check_video(x, pe.in_chans, 1, pe.patch_size)
+        return x.transpose(1, 2).flatten(0, 1)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, C, T, H, W) -> each frame's normalised tokens (batch, T, tokens, embed_dim)."""
+        batch = x.shape[0]
+        return super().forward_features(self._frames(x)).unflatten(0, (batch, -1))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        batch = x.shape[0]
+        x = pool_tokens(x.flatten(0, 1), self.global_pool, True, "head")  # per frame
+        x = self.head_drop(x.unflatten(0, (batch, -1)).mean(1))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # defined here, not inherited: FX wraps the no-trace helpers (check_video) of the module
+        # that holds the traced forward
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: int | list[int] | None = None,
+            return_prefix_tokens: bool = False,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = "NCHW",
+            intermediates_only: bool = False,
+    ):
+        """Block outputs in :class:`VideoMamba`'s layouts: maps ``(batch, C, frames, h, w)`` ('NCHW' or
+        'NCTHW') or tokens (NLC, ``(batch, frames * h * w, C)``); the prefix tokens are the frames'
+        class tokens ``(batch, frames, C)``; the final output is that of :meth:`forward_features`."""
+        if output_fmt not in ("NCHW", "NCTHW", "NLC"):
+            raise ValueError(f"output_fmt: expected 'NCHW', 'NCTHW' or 'NLC', got {output_fmt!r}")
+        batch, steps = x.shape[0], x.shape[2]
+        out = super().forward_intermediates(self._frames(x), indices, return_prefix_tokens, norm, stop_early,
+                                            "NLC" if output_fmt == "NLC" else "NCHW", intermediates_only)
+        final, intermediates = (None, out) if intermediates_only else out
+
+        def clip_layout(y: torch.Tensor) -> torch.Tensor:
+            if output_fmt == "NLC":  # frame after frame, as VideoMamba's tokens
+                return y.reshape(batch, -1, y.shape[-1])
+            return y.unflatten(0, (batch, steps)).transpose(1, 2).contiguous()
+
+        if return_prefix_tokens:
+            intermediates = [(clip_layout(y), cls.reshape(batch, steps, -1)) for y, cls in intermediates]
+        else:
+            intermediates = [clip_layout(y) for y in intermediates]
+        if intermediates_only:
+            return intermediates
+        return final.unflatten(0, (batch, steps)), intermediates
+
+
 def checkpoint_filter_fn(state_dict: dict, model: VideoMambaImage) -> dict:
     """Adapt an official VideoMamba checkpoint (image or video, in either layout) to ``model``.
 
@@ -399,6 +505,9 @@ default_cfgs = generate_default_cfgs({
         description=f"{frames} frames; the official test: {views[0]} clips x {views[1]} crops, softmax-averaged")
        for tag, (classes, views, released) in _VIDEO_RELEASES.items()
        for size, frame_counts in released.items() for frames in frame_counts},
+    # the frame-averaging baseline's weights are the image model's
+    "videomamba_tiny_frameavg_f8_224.in1k": _cfg("videomamba_t16_in1k_res224.pth", 1000, crop_pct=0.875,
+                                                 interpolation="bicubic"),
 })
 
 
@@ -518,3 +627,14 @@ def videomamba_middle_f64_224(pretrained: bool = False, **kwargs) -> VideoMamba:
     """VideoMamba-M, 64 frames: 73.908M parameters, K400 top-1 82.8 (84.3 from masked pre-training)."""
     model_args = dict(patch_size=16, embed_dim=576, depth=32, num_frames=64)
     return _create(VideoMamba, "videomamba_middle_f64_224", pretrained, **dict(model_args, **kwargs))
+
+
+# --- the frame-averaging baseline (no temporal modelling; same parameters as the image model) ---
+
+
+@register_model
+def videomamba_tiny_frameavg_f8_224(pretrained: bool = False, **kwargs) -> VideoMambaFrameAvg:
+    """VideoMamba-Ti's image model on each of 8 frames, pooled features averaged (TSN): 7.148M parameters
+    with a 1000-class head, the baseline a video model has to beat."""
+    model_args = dict(patch_size=16, embed_dim=192, depth=24, num_frames=8)
+    return _create(VideoMambaFrameAvg, "videomamba_tiny_frameavg_f8_224", pretrained, **dict(model_args, **kwargs))
