@@ -35,13 +35,15 @@ def _spec(model, h=32, w=32, **kw):
 def test_bench_end_to_end_on_tiny_models(tmp_path, capsys):
     out = tmp_path / "models"
     assert main(["bench", "--models", TINY_VIM, TINY_DEIT, "--resolutions", "32", "48x64",
-                 "--rounds", "3", "--budget", "0", "--out", str(out)]) == 0
+                 "--rounds", "3", "--budget", "0", "--memory-runs", "2", "--out", str(out)]) == 0
     rows = list(csv.DictReader(open(out / "results.csv")))
     cases = {(r["series"], r["resolution"]) for r in rows}
     series = [TINY_VIM, f"{TINY_DEIT} (sdpa)", f"{TINY_DEIT} (explicit)"]
     assert cases == {(s, res) for s in series for res in ("32", "48x64")} and len(rows) == 6
     assert all(r["status"] == "ok" for r in rows), [(r["series"], r["note"]) for r in rows]
     assert all(float(r["images_per_s"]) > 0 and float(r["peak_mb"]) >= 0 and float(r["gmacs"]) > 0 for r in rows)
+    # two memory runs a case: the peak is their median (here their mean), within their range
+    assert all(float(r["peak_min_mb"]) <= float(r["peak_mb"]) <= float(r["peak_max_mb"]) for r in rows)
     assert {r["kind"] for r in rows} == {"ssm", "attention"}
     for r in rows:  # the median and interquartile range of three interleaved rounds
         assert r["rounds"] == "3" and len(r["round_ms"].split()) == 3
@@ -176,7 +178,7 @@ def _fake_cases(monkeypatch, oom=lambda spec: False, seconds=lambda spec, r: 0.0
     ``visionssm bench``; the record of their calls."""
     calls, order = [], []
 
-    def fake_run_case(spec, time_limit_s):
+    def fake_run_case(spec, time_limit_s, memory_runs=1):
         calls.append((spec["model"], spec["attention"], spec["height"]))
         if oom(spec):
             return dict(status="oom", note="simulated")
@@ -294,6 +296,21 @@ def test_crossover_is_the_smallest_size_from_which_the_ssm_wins_throughout():
     assert crossover(rows, "ssm", "att", "memory") is None  # the SSM failed where the peer ran
 
 
+def test_memory_is_undecided_where_the_ranges_of_the_memory_runs_overlap():
+    def row(series, res, lo, hi, kind="ssm"):
+        return dict(_row(series, res, ips=1, mb=(lo + hi) / 2, kind=kind), peak_min_mb=lo, peak_max_mb=hi)
+
+    rows = [row("ssm", 224, 30, 40), row("att", 224, 20, 25, "attention"),
+            row("ssm", 512, 113, 128), row("att", 512, 122, 123, "attention"),  # overlapping: no verdict
+            row("ssm", 1024, 300, 310), row("att", 1024, 400, 420, "attention")]
+    assert crossover(rows, "ssm", "att", "memory") == "1024"
+    assert crossover(rows, "ssm", "att", "memory", undecided_wins=True) == "512"
+    assert "memory: undecided at 512 (from 512 or from 1024)" in crossover_lines(rows)[0]
+    # a single run's peaks are compared as they are
+    assert crossover([_row("ssm", 512, ips=1, mb=113), _row("att", 512, ips=1, mb=122, kind="attention")],
+                     "ssm", "att", "memory") == "512"
+
+
 def test_parse_resolution_and_model():
     assert parse_resolution("512") == (512, 512) and parse_resolution("512x768") == (512, 768)
     for bad in ("0", "a", "1x2x3", "512x"):
@@ -312,6 +329,9 @@ def test_bench_rejects_bad_arguments(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "--resolutions", "12x"])
     assert "--resolutions: expected a size" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "--memory-runs", "0"])
+    assert "--memory-runs: expected >= 1, got 0" in capsys.readouterr().err
 
 
 def test_bench_without_a_target_runs_the_models_benchmark(monkeypatch):

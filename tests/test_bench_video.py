@@ -59,7 +59,7 @@ def test_bench_video_end_to_end_on_tiny_models(tmp_path, capsys):
 def test_out_of_memory_is_recorded_and_skips_the_longer_clips(tmp_path, monkeypatch, capsys):
     calls = []
 
-    def fake_run_case(spec, time_limit_s):  # VideoMamba runs out of memory from 4 frames
+    def fake_run_case(spec, time_limit_s, memory_runs=1):  # VideoMamba runs out of memory from 4 frames
         calls.append((spec["model"], spec["attention"], spec["frames"]))
         if spec["model"] == TINY_VM and spec["frames"] >= 4:
             return dict(status="oom", note="MemoryError: simulated")

@@ -3,7 +3,9 @@
 Speed is judged by same-round ratios (:mod:`visionssm.bench.rounds`): the SSM's time over the peer's
 in each round, where both ran in the same rounds; the SSM wins where the interquartile range of
 those ratios lies below 1, loses where it lies above, and the size is 'undecided' where it covers 1.
-Rows without per-round times (``round_ms``) are compared by images/s.
+Rows without per-round times (``round_ms``) are compared by images/s. Memory is judged by the peaks,
+or, where both rows have the range of several memory runs (``peak_min_mb``-``peak_max_mb``), by the
+ranges: 'undecided' where they overlap.
 
 The sizes are the rows' ``resolution``, in the order of their ``pixels``; a benchmark whose sizes
 are something else (the video benchmark's frames) names its keys with ``size`` and ``order``.
@@ -26,6 +28,16 @@ def speed_ratios(a: dict, b: dict) -> list[float]:
     return same_round_ratios(a["round_ms"], b["round_ms"])
 
 
+def memory_verdict(a: dict, b: dict) -> str:
+    """'win', 'loss' or 'undecided' of row ``a``'s peak memory against row ``b``'s: where both rows
+    have the range of several memory runs, undecided where the ranges overlap; else by the peaks."""
+    if a.get("peak_min_mb") is not None and b.get("peak_min_mb") is not None:
+        if a["peak_max_mb"] < b["peak_min_mb"]:
+            return "win"
+        return "loss" if a["peak_min_mb"] > b["peak_max_mb"] else "undecided"
+    return "win" if _num(a.get("peak_mb")) < _num(b.get("peak_mb")) else "loss"
+
+
 def outcome(a: dict, b: dict, metric: str) -> str | None:
     """'win', 'loss' or 'undecided' of the SSM row ``a`` against the peer row ``b`` of one
     resolution in ``metric`` ('speed', 'memory' or 'both'); None when neither ran. The peer failing
@@ -43,7 +55,7 @@ def outcome(a: dict, b: dict, metric: str) -> str | None:
         speed = {"faster": "win", "slower": "loss", "undecided": "undecided"}[speed_verdict(ratios)]
     else:
         speed = "win" if a["images_per_s"] > b["images_per_s"] else "loss"
-    memory = "win" if _num(a.get("peak_mb")) < _num(b.get("peak_mb")) else "loss"
+    memory = memory_verdict(a, b)
     if metric != "both":
         return {"speed": speed, "memory": memory}[metric]
     return "loss" if "loss" in (speed, memory) else "win" if speed == memory == "win" else "undecided"

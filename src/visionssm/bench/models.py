@@ -8,7 +8,9 @@ the optimizer state are resident before it and not included), GMACs per image co
 count. Inference (no grad) by default; ``--train`` times a training step (forward, backward, AdamW
 step).
 
-Size, MACs and peak memory come from a fresh process per case, one case at a time. Latency comes
+Size, MACs and peak memory come from a fresh process per case, one case at a time; peak memory from
+``--memory-runs`` fresh processes (median and range, since a process's resident-set growth varies
+by 5-15% from run to run). Latency comes
 from interleaved rounds, so that load on the machine cannot fool it: the cases of one resolution
 are each built and warmed up in a process kept alive, then timed in turn, round after round (round
 1: case A, case B, ...; round 2: A, B, ...): a busy neighbour slows all the cases of the rounds it
@@ -44,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -71,7 +74,8 @@ ATTENTION_MODES = ("sdpa", "explicit")
 COLUMNS = [("series", "model"), ("kind", "kind"), ("resolution", "resolution"), ("status", "status"),
            ("latency_ms", "latency ms"), ("latency_q1_ms", "q1 ms"), ("latency_q3_ms", "q3 ms"),
            ("rounds", "rounds"), ("images_per_s", "images/s"), ("peak_mb", "peak MB"),
-           ("gmacs", "GMACs/img"), ("step_gmacs", "train GMACs/img"), ("params_m", "params M")]
+           ("peak_min_mb", "peak min MB"), ("peak_max_mb", "peak max MB"), ("gmacs", "GMACs/img"),
+           ("step_gmacs", "train GMACs/img"), ("params_m", "params M")]
 # other processes keeping more CPUs than this busy during a resolution's rounds: not a quiet machine
 BUSY_CPUS = 0.25
 BUSY_WARNING = ("not a quiet machine: every case's times are inflated, and with several threads per case "
@@ -107,13 +111,30 @@ def _case_args(spec: dict) -> dict:
     return {k: v for k, v in spec.items() if k not in ("memory_limit_mb", "budget_s", "case")}
 
 
-def run_case(spec: dict, time_limit_s: float) -> dict:
+def run_case(spec: dict, time_limit_s: float, memory_runs: int = 1) -> dict:
     """One case's size, MACs and peak memory (spec: model, attention, height, width, batch_size,
     train, device and memory_limit_mb; ``case``: the module that runs it, if not model_case, with
-    the arguments its measure_case takes) in a fresh process; its row."""
-    row = run_isolated(f"{spec.get('case', CASE_MODULE)}:measure_case", _case_args(spec), time_limit_s,
+    the arguments its measure_case takes) in a fresh process; its row.
+
+    With ``memory_runs`` > 1 the peak is measured in that many fresh processes (the others build
+    the case as its timing process does, without counting): ``peak_mb`` is their median,
+    ``peak_min_mb``-``peak_max_mb`` their range. A process's resident-set growth varies from run to
+    run (by 5-15% at the default sweep's sizes: where glibc's allocator happens to put a block), so
+    one run cannot decide between two models that close."""
+    case = spec.get("case", CASE_MODULE)
+    row = run_isolated(f"{case}:measure_case", _case_args(spec), time_limit_s,
                        device=spec["device"], memory_limit_mb=spec.get("memory_limit_mb"))
     row.pop("measured_s", None)  # the rounds time the step
+    peaks = [row["peak_mb"]] if row.get("status") == "ok" else []
+    for _ in range(memory_runs - 1 if peaks else 0):
+        again = run_isolated(f"{case}:time_case", _case_args(spec), time_limit_s,
+                             device=spec["device"], memory_limit_mb=spec.get("memory_limit_mb"))
+        if again.get("status") != "ok":  # a run that failed where the first did not: the row says so
+            row.update(status=again["status"], note=f"memory run {len(peaks) + 1}: {again.get('note', '')}"[:300])
+            return row
+        peaks.append(again["peak_mb"])
+    if len(peaks) > 1:
+        row.update(peak_mb=statistics.median(peaks), peak_min_mb=min(peaks), peak_max_mb=max(peaks))
     return row
 
 
@@ -148,14 +169,16 @@ def time_in_rounds(rows: list[dict], specs: list[dict], time_limit_s: float, rou
 
 CSV_FIRST = ["series", "model", "attention", "kind", "resolution", "height", "width", "pixels", "batch_size", "mode",
              "device", "status", "latency_ms", "latency_q1_ms", "latency_q3_ms", "latency_min_ms", "rounds",
-             "images_per_s", "peak_mb", "weights_mb", "gmacs", "step_gmacs", "params_m", "other_cpus", "wall_s",
+             "images_per_s", "peak_mb", "peak_min_mb", "peak_max_mb", "weights_mb", "gmacs", "step_gmacs", "params_m",
+             "other_cpus", "wall_s",
              "note", "round_ms"]
 RATIO_FIRST = ["ssm", "peer", "peer_kind", "resolution", "pixels", "rounds", "ratio", "ratio_q1", "ratio_q3", "speed"]
 LEGEND = ("latency ms: the median of the case's per-round times (the cases of a resolution timed in "
           "interleaved rounds, each in a process kept alive); q1 ms, q3 ms: their interquartile range "
           "(25th and 75th percentiles); images/s at the median. peak MB: memory of one step above what is "
           "resident before it: weights, input and, when training, the optimizer state (CPU: resident-set "
-          "growth, a fresh process per case; CUDA: growth of the peak allocated). GMACs: per image, "
+          "growth, a fresh process per case; CUDA: growth of the peak allocated); with several memory runs, "
+          "the median of that many fresh processes, peak min/max MB their range. GMACs: per image, "
           "forward, FlopCounterMode (the scan by 9BLDN+BDL); train GMACs: forward+backward.")
 
 
@@ -226,7 +249,8 @@ def _progress(total):
 
 
 def sweep(sizes: list[str], series: list[str], case_of, time_limit_s: float, rounds: int, budget_s: float,
-          memory_limit_mb: float | None, columns=COLUMNS, unit: str = "") -> tuple[list[dict], dict]:
+          memory_limit_mb: float | None, columns=COLUMNS, unit: str = "",
+          memory_runs: int = 1) -> tuple[list[dict], dict]:
     """Run every case, size after size: (rows, busy).
 
     ``sizes``: their names, smallest first; ``series``: their names; ``case_of(series, size)`` ->
@@ -236,6 +260,7 @@ def sweep(sizes: list[str], series: list[str], case_of, time_limit_s: float, rou
     size that ran are then timed in interleaved rounds, each in a process kept alive; a series that
     ran out of memory or time skips the larger sizes. ``busy``: size -> the CPUs other processes
     kept busy during its rounds. ``columns`` and ``unit`` (after a size's name) shape the progress lines.
+    ``memory_runs``: fresh processes measuring each case's peak memory (see :func:`run_case`).
     """
     rows, failed_at, busy = [], {}, {}
     bar, write = _progress(len(series) * len(sizes))
@@ -254,7 +279,7 @@ def sweep(sizes: list[str], series: list[str], case_of, time_limit_s: float, rou
                 row.update(status=status, note=f"not run: {status} at {at}{unit}")
                 spec = None
             elif spec is not None:
-                row.update(run_case(spec, time_limit_s))
+                row.update(run_case(spec, time_limit_s, memory_runs))
             rows.append(row)
             here.append((row, spec))
             if bar is not None:
@@ -314,6 +339,9 @@ def main(argv=None):
                         f"(default: %(default)s; at most {MAX_ROUNDS} rounds, or --rounds if more)")
     p.add_argument("--memory-limit", type=float,
                    help="CPU: MB a case may allocate before it counts as out of memory (default: 90%% of available)")
+    p.add_argument("--memory-runs", type=int, default=3,
+                   help="fresh processes measuring each case's peak memory: the median counts, and a memory "
+                        "crossover is undecided where the two ranges overlap (default: %(default)s)")
     p.add_argument("--out", default="bench-out/models", help="output folder (default: %(default)s)")
     args = p.parse_args(argv)
 
@@ -338,6 +366,8 @@ def main(argv=None):
         p.error(f"--batch-size: expected >= 1, got {args.batch_size}")
     if args.rounds < 1:
         p.error(f"--rounds: expected >= 1, got {args.rounds}")
+    if args.memory_runs < 1:
+        p.error(f"--memory-runs: expected >= 1, got {args.memory_runs}")
     if args.budget < 0:
         p.error(f"--budget: expected >= 0 seconds, got {args.budget:g}")
     device = torch.device(args.device)
@@ -360,7 +390,8 @@ def main(argv=None):
     settings = (f"{mode}, batch {args.batch_size}, float32, device {args.device}, per-case time limit "
                 f"{time_limit:g} s" + (f", memory limit {memory_limit / 1024:.1f} GB" if memory_limit else "")
                 + f"; timing: at least {args.rounds} interleaved rounds per resolution, more while the slowest "
-                  f"case has run under {args.budget:g} s (at most {max(args.rounds, MAX_ROUNDS)})")
+                  f"case has run under {args.budget:g} s (at most {max(args.rounds, MAX_ROUNDS)}); peak memory: "
+                  f"median of {args.memory_runs} fresh process(es)")
     print(f"machine: {machine}\n{settings}\n{len(series) * len(sizes)} cases: size, MACs and peak memory in a "
           f"fresh process each; latency in interleaved rounds, the cases of a resolution kept alive side by side")
     by_series = {series_name(m, attention): (m, attention) for m, attention in series}
@@ -376,7 +407,8 @@ def main(argv=None):
         return row, spec
 
     start = time.perf_counter()
-    rows, busy = sweep(list(by_size), list(by_series), case_of, time_limit, args.rounds, args.budget, memory_limit)
+    rows, busy = sweep(list(by_size), list(by_series), case_of, time_limit, args.rounds, args.budget, memory_limit,
+                       memory_runs=args.memory_runs)
     wall = time.perf_counter() - start
     order = {s: i for i, s in enumerate(by_series)}
     rows.sort(key=lambda r: (order[r["series"]], r["pixels"]))  # one series after another, as the table reads
