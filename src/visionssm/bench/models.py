@@ -63,7 +63,7 @@ from visionssm.bench.rounds import MAX_ROUNDS, latency_fields, run_rounds
 
 # the default run (the README's main job): the Vim paper's comparison (Vim-Ti vs DeiT-Ti in both
 # attention modes, up to its 1248 headline) and VMamba-T vs MambaOut-T (the same gated-CNN
-# design without the SSM); 20 cases, a few minutes on 2 CPU cores
+# design without the SSM); 24 cases, about 10 minutes on 2 quiet CPU cores
 DEFAULT_MODELS = ["vim_tiny_patch16_224", "vmamba_tiny_s1l8", "deit_tiny_patch16_224", "convnext_tiny", "mambaout_tiny"]
 DEFAULT_RESOLUTIONS = ["224", "512", "1024", "1248"]
 FULL_MODELS = ["vim_tiny_patch16_224", "vim_small_patch16_224", "vmamba_tiny_s1l8", "vmamba_vanilla_tiny",
