@@ -18,6 +18,20 @@ def test_unknown_command_is_a_clear_error(capsys):
     assert "unknown command 'frobnicate'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, expected", [
+    (["train", "--epochs", "x"], "visionssm train: error: argument --epochs: expected an int >= 1, got 'x'"),
+    (["bench", "--memory-runs", "0"], "visionssm bench: error: --memory-runs: expected >= 1, got 0"),
+    (["eval"], "visionssm eval: error: the following arguments are required: --checkpoint"),
+])
+def test_a_bad_flag_is_one_line_and_status_2(argv, expected, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [expected]  # not argparse's usage before it
+    import argparse
+    assert "usage:" in argparse.ArgumentParser(prog="x").format_usage()  # argparse itself is left as it was
+
+
 def test_models_lists_both_families(capsys):
     assert main(["models"]) == 0
     names = capsys.readouterr().out.split()

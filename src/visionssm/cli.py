@@ -6,6 +6,8 @@ Each command names a task function ``fn(argv) -> int | None`` that parses its ow
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -25,8 +27,6 @@ COMMANDS = {
 
 
 def models_main(argv):
-    import argparse
-
     import visionssm
 
     p = argparse.ArgumentParser(prog="visionssm models", description="List this library's models.")
@@ -50,6 +50,22 @@ def user_error(e: BaseException) -> bool:
     return isinstance(e, (ValueError, FileNotFoundError, FloatingPointError))
 
 
+@contextlib.contextmanager
+def one_line_usage_errors():
+    """While a command runs, a bad flag is one line and status 2: argparse would print the whole usage
+    before it (``--help`` still shows the usage)."""
+    original = argparse.ArgumentParser.error
+
+    def error(parser, message):
+        parser.exit(2, f"{parser.prog}: error: {' '.join(message.split())}\n")
+
+    argparse.ArgumentParser.error = error
+    try:
+        yield
+    finally:
+        argparse.ArgumentParser.error = original
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a command; a user error prints one line and exits with status 2 (``--debug`` first, or
     VISIONSSM_DEBUG=1, shows the traceback)."""
@@ -68,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module, _, function = COMMANDS[command][0].partition(":")
     try:
-        return getattr(importlib.import_module(module), function or "main")(rest) or 0
+        with one_line_usage_errors():
+            return getattr(importlib.import_module(module), function or "main")(rest) or 0
     except Exception as e:
         if debug or not user_error(e):
             raise

@@ -66,13 +66,8 @@ LEGEND = ("latency ms: the median of the case's per-round times (the cases of a 
           "oom: the case ran out of the memory budget, or its explicit attention matrices alone would have.")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, status 2 (argparse prints its usage too)
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def main(argv=None):
-    p = _Parser(prog="visionssm bench video", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="visionssm bench video", description=__doc__.split("\n\n")[0],
                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     p.add_argument("--models", nargs="+", metavar="NAME[:key=value...]",
                    help=f"video models: this library's, joint_vit_tiny, torchvision's; optionally with create kwargs "
