@@ -464,8 +464,7 @@ def test_backward_reaches_every_parameter_and_grad_checkpointing():
         assert torch.equal(model(x), ref)
 
 
-def test_fx_trace_equals_eager():
-    model = tiny()
+def assert_fx_trace_equals_eager(model):
     tracer_kwargs = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions(),
                          param_shapes_constant=True)
     _, eval_nodes = get_graph_node_names(model, tracer_kwargs=tracer_kwargs)
@@ -474,6 +473,10 @@ def test_fx_trace_equals_eager():
         x = clip(*shape)
         with torch.no_grad():
             assert torch.equal(next(iter(fx_model(x).values())), model(x)), shape
+
+
+def test_fx_trace_equals_eager():
+    assert_fx_trace_equals_eager(tiny())
 
 
 def test_meta_full_size_forward():
@@ -532,15 +535,7 @@ def test_frame_average_timm_contract():
     train = tiny(FRAMEAVG).train()
     train(clip(2, 3, 4, 32, 32)).mean().backward()
     assert all(p.grad is not None for p in train.parameters())
-    tracer_kwargs = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions(),
-                         param_shapes_constant=True)
-    model = tiny(FRAMEAVG)
-    _, eval_nodes = get_graph_node_names(model, tracer_kwargs=tracer_kwargs)
-    fx_model = create_feature_extractor(model, return_nodes=[eval_nodes[-1]], tracer_kwargs=tracer_kwargs)
-    for shape in ((2, 3, 4, 32, 32), (1, 3, 6, 48, 32)):  # one graph for every clip shape
-        x = clip(*shape)
-        with torch.no_grad():
-            assert torch.equal(next(iter(fx_model(x).values())), model(x)), shape
+    assert_fx_trace_equals_eager(tiny(FRAMEAVG))
 
 
 @pytest.mark.parametrize("name", ["videomamba_tiny_f8_224", FRAMEAVG])
