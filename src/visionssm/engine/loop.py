@@ -296,8 +296,9 @@ class Run:
             pos.time_s, pos.images = before[0] + time.time() - t0, before[1] + seen * self.world
             if bar is not None:
                 if pos.step % args.log_interval == 0 or pos.step_in_epoch == self.updates_per_epoch:
-                    bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
-                                    img_s=f"{seen * self.world / max(time.time() - t0, 1e-9):.0f}")
+                    rate = f"{seen * self.world / max(time.time() - t0, 1e-9):.0f}"
+                    bar.set_postfix({"loss": f"{step_loss:.4f}", "lr": f"{self.optimizer.param_groups[0]['lr']:.2e}",
+                                     sample_units(self.task)[1]: rate})
                 bar.update(1)
             if args.checkpoint_steps and pos.step % args.checkpoint_steps == 0 \
                     and pos.step_in_epoch < self.updates_per_epoch:
