@@ -332,6 +332,11 @@ def test_bench_rejects_bad_arguments(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "--memory-runs", "0"])
     assert "--memory-runs: expected >= 1, got 0" in capsys.readouterr().err
+    for flag, value, expected in (("--device", "tpu", "--device: expected cpu or cuda, got 'tpu'"),
+                                  ("--time-limit", "0", "--time-limit: expected a positive number, got 0")):
+        with pytest.raises(SystemExit):
+            main(["bench", flag, value])
+        assert expected in capsys.readouterr().err
 
 
 def test_bench_without_a_target_runs_the_models_benchmark(monkeypatch):

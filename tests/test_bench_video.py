@@ -25,7 +25,7 @@ def test_bench_video_end_to_end_on_tiny_models(tmp_path, capsys):
     out = tmp_path / "video"
     # `bench --video` as the issue spells it is `bench video`
     assert main(["bench", "--video", "--models", TINY_VM, TINY_JOINT, "--frames", "2", "1", "--size", "32",
-                 "--threads", "1", "--rounds", "2", "--budget", "0", "--out", str(out)]) == 0
+                 "--threads", "1", "--rounds", "2", "--budget", "0", "--memory-runs", "2", "--out", str(out)]) == 0
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert list(rows[0])[:len(bench_video.CSV_FIRST)] == bench_video.CSV_FIRST
     assert [(r["series"], r["frames"]) for r in rows] == [(s, f) for s in SERIES for f in ("1", "2")]
@@ -36,6 +36,7 @@ def test_bench_video_end_to_end_on_tiny_models(tmp_path, capsys):
         assert float(r["latency_q1_ms"]) <= float(r["latency_ms"]) <= float(r["latency_q3_ms"])
         assert float(r["clips_per_s"]) == pytest.approx(1e3 / float(r["latency_ms"]))
         assert float(r["peak_mb"]) >= 0 and float(r["gmacs"]) > 0 and float(r["params_m"]) > 0
+        assert float(r["peak_min_mb"]) <= float(r["peak_mb"]) <= float(r["peak_max_mb"])  # two memory runs
     # MACs per clip grow with the frames
     assert float(rows[1]["gmacs"]) > float(rows[0]["gmacs"])
     ratios = list(csv.DictReader(open(out / "ratios.csv")))
@@ -115,6 +116,7 @@ def test_a_video_case_that_runs_out_of_memory_in_its_process_is_recorded():
     (["--frames", "x"], "--frames: invalid int value"),
     (["--size", "12x"], "--size: expected a size such as 512 or HxW"),
     (["--threads", "0"], "--threads: expected >= 1, got 0"),
+    (["--memory-runs", "0"], "--memory-runs: expected >= 1, got 0"),
     (["--memory-limit", "-1"], "--memory-limit: expected a positive number"),
     (["--models", "no_such_model"], "--models: unknown model(s) ['no_such_model']"),
     (["--device", "tpu"], "--device: expected cpu or cuda, got 'tpu'"),

@@ -312,6 +312,52 @@ def sweep(sizes: list[str], series: list[str], case_of, time_limit_s: float, rou
     return rows, busy
 
 
+def add_sweep_arguments(p: argparse.ArgumentParser, axis: str, rounds: int, time_limit: float | None,
+                        time_limit_default: str, memory_limit_help: str, memory_runs: int) -> None:
+    """The flags of a :func:`sweep` (``axis``: what one size is, in the help), shared by the benchmarks
+    that run one; :func:`check_sweep_arguments` checks them."""
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    p.add_argument("--time-limit", type=float, default=time_limit,
+                   help=f"seconds per case: for its fresh process, for the set-up of its kept-alive process and "
+                        f"for each of its timing rounds (default: {time_limit_default})")
+    p.add_argument("--rounds", type=int, default=rounds,
+                   help=f"the fewest timing rounds of each {axis}'s cases, interleaved (default: %(default)s)")
+    p.add_argument("--budget", type=float, default=2.0,
+                   help=f"seconds: more rounds while the slowest case of a {axis} has run under this "
+                        f"(default: %(default)s; at most {MAX_ROUNDS} rounds, or --rounds if more)")
+    p.add_argument("--memory-limit", type=float, help=memory_limit_help)
+    p.add_argument("--memory-runs", type=int, default=memory_runs,
+                   help="fresh processes measuring each case's peak memory: the median counts, and a memory "
+                        "crossover is undecided where the two ranges overlap (default: %(default)s)")
+
+
+def check_sweep_arguments(p: argparse.ArgumentParser, args: argparse.Namespace,
+                          cap_mb: float | None = None) -> tuple[torch.device, float | None]:
+    """Check the flags of :func:`add_sweep_arguments` (a bad one: ``p.error``); the device and the
+    memory limit (on a CPU by default 90% of the available memory, at most ``cap_mb``)."""
+    for flag, value in (("--rounds", args.rounds), ("--memory-runs", args.memory_runs)):
+        if value < 1:
+            p.error(f"{flag}: expected >= 1, got {value}")
+    if args.budget < 0:
+        p.error(f"--budget: expected >= 0 seconds, got {args.budget:g}")
+    for flag, value in (("--time-limit", args.time_limit), ("--memory-limit", args.memory_limit)):
+        if value is not None and value <= 0:
+            p.error(f"{flag}: expected a positive number, got {value:g}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        p.error(f"--device: expected cpu or cuda, got {args.device!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is available here")
+    memory_limit = args.memory_limit
+    if memory_limit is None and device.type == "cpu":
+        avail = available_mb()
+        memory_limit = min((v for v in (0.9 * avail if avail else None, cap_mb) if v), default=None)
+    return device, memory_limit
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="visionssm bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -328,20 +374,9 @@ def main(argv=None):
                    help="attention modes of attention models (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=1, help="images per step (default: %(default)s)")
     p.add_argument("--train", action="store_true", help="time a training step (forward+backward+AdamW)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
-    p.add_argument("--time-limit", type=float,
-                   help="seconds per case: for its fresh process, for the set-up of its kept-alive process and "
-                        "for each of its timing rounds (default: 90; --full: 300)")
-    p.add_argument("--rounds", type=int, default=5,
-                   help="the fewest timing rounds of each resolution's cases, interleaved (default: %(default)s)")
-    p.add_argument("--budget", type=float, default=2.0,
-                   help=f"seconds: more rounds while the slowest case of a resolution has run under this "
-                        f"(default: %(default)s; at most {MAX_ROUNDS} rounds, or --rounds if more)")
-    p.add_argument("--memory-limit", type=float,
-                   help="CPU: MB a case may allocate before it counts as out of memory (default: 90%% of available)")
-    p.add_argument("--memory-runs", type=int, default=3,
-                   help="fresh processes measuring each case's peak memory: the median counts, and a memory "
-                        "crossover is undecided where the two ranges overlap (default: %(default)s)")
+    add_sweep_arguments(p, "resolution", rounds=5, time_limit=None, time_limit_default="90; --full: 300",
+                        memory_limit_help="CPU: MB a case may allocate before it counts as out of memory "
+                                          "(default: 90%% of available)", memory_runs=3)
     p.add_argument("--out", default="bench-out/models", help="output folder (default: %(default)s)")
     args = p.parse_args(argv)
 
@@ -364,22 +399,8 @@ def main(argv=None):
     sizes = sorted(dict.fromkeys(sizes), key=lambda hw: (hw[0] * hw[1], hw))
     if args.batch_size < 1:
         p.error(f"--batch-size: expected >= 1, got {args.batch_size}")
-    if args.rounds < 1:
-        p.error(f"--rounds: expected >= 1, got {args.rounds}")
-    if args.memory_runs < 1:
-        p.error(f"--memory-runs: expected >= 1, got {args.memory_runs}")
-    if args.budget < 0:
-        p.error(f"--budget: expected >= 0 seconds, got {args.budget:g}")
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: no CUDA device is available here")
-    if device.type not in ("cpu", "cuda"):
-        p.error(f"--device: expected cpu or cuda, got {args.device!r}")
+    _, memory_limit = check_sweep_arguments(p, args)
     time_limit = args.time_limit or (300.0 if args.full else 90.0)
-    memory_limit = args.memory_limit
-    if memory_limit is None and device.type == "cpu":
-        avail = available_mb()
-        memory_limit = 0.9 * avail if avail else None
 
     kinds = {m: model_kind(m) for m in models}
     modes = ATTENTION_MODES if args.attention == "both" else (args.attention,)

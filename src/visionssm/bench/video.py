@@ -36,11 +36,9 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from visionssm.bench import models as bench
 from visionssm.bench.crossover import crossover_lines, ratio_rows
-from visionssm.bench.machine import available_mb, describe
+from visionssm.bench.machine import describe
 from visionssm.bench.model_plots import plot
 from visionssm.bench.rounds import MAX_ROUNDS
 from visionssm.bench.video_case import explicit_attention_mb, has_attention_modes, is_known, video_kind
@@ -51,18 +49,20 @@ DEFAULT_FRAMES = [8, 16, 32, 64, 128]
 MEMORY_BUDGET_MB = 16 * 1024
 COLUMNS = [("series", "model"), ("kind", "kind"), ("frames", "frames"), ("status", "status"),
            ("latency_ms", "latency ms"), ("latency_q1_ms", "q1 ms"), ("latency_q3_ms", "q3 ms"),
-           ("rounds", "rounds"), ("clips_per_s", "clips/s"), ("peak_mb", "peak MB"), ("gmacs", "GMACs/clip"),
+           ("rounds", "rounds"), ("clips_per_s", "clips/s"), ("peak_mb", "peak MB"),
+           ("peak_min_mb", "peak min MB"), ("peak_max_mb", "peak max MB"), ("gmacs", "GMACs/clip"),
            ("params_m", "params M")]
 CSV_FIRST = ["series", "model", "attention", "kind", "frames", "resolution", "height", "width", "batch_size",
              "threads", "device", "status", "latency_ms", "latency_q1_ms", "latency_q3_ms", "latency_min_ms",
-             "rounds", "clips_per_s", "peak_mb", "weights_mb", "gmacs", "params_m", "other_cpus", "wall_s", "note",
-             "round_ms"]
+             "rounds", "clips_per_s", "peak_mb", "peak_min_mb", "peak_max_mb", "weights_mb", "gmacs", "params_m",
+             "other_cpus", "wall_s", "note", "round_ms"]
 RATIO_FIRST = ["ssm", "peer", "peer_kind", "frames", "rounds", "ratio", "ratio_q1", "ratio_q3", "speed"]
 LEGEND = ("latency ms: the median of the case's per-round times (the cases of a frame count timed in "
           "interleaved rounds, each in a process kept alive); q1 ms, q3 ms: their interquartile range "
           "(25th and 75th percentiles); clips/s at the median. peak MB: memory of one forward above what is "
           "resident before it (weights and input; CPU: resident-set growth, a fresh process per case; CUDA: "
-          "growth of the peak allocated). GMACs: per clip, FlopCounterMode (the scan by 9BLDN+BDL). "
+          "growth of the peak allocated); with several memory runs (--memory-runs), the median of that many fresh "
+          "processes, peak min/max MB their range. GMACs: per clip, FlopCounterMode (the scan by 9BLDN+BDL). "
           "oom: the case ran out of the memory budget, or its explicit attention matrices alone would have.")
 
 
@@ -80,18 +80,11 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=1, help="clips per step (default: %(default)s)")
     p.add_argument("--threads", type=int, default=2,
                    help="threads per case, torch's and the CPU scan's (default: %(default)s)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
-    p.add_argument("--time-limit", type=float, default=300.0,
-                   help="seconds per case: for its fresh process, for the set-up of its kept-alive process and "
-                        "for each of its timing rounds (default: %(default)s)")
-    p.add_argument("--rounds", type=int, default=3,
-                   help="the fewest timing rounds of each frame count's cases, interleaved (default: %(default)s)")
-    p.add_argument("--budget", type=float, default=2.0,
-                   help=f"seconds: more rounds while the slowest case of a frame count has run under this "
-                        f"(default: %(default)s; at most {MAX_ROUNDS} rounds, or --rounds if more)")
-    p.add_argument("--memory-limit", type=float,
-                   help=f"MB a case may use; above it a case counts as out of memory (default: {MEMORY_BUDGET_MB}, "
-                        f"or 90%% of the available memory if less)")
+    # one memory run a case by default: at 64-128 frames each fresh process takes minutes
+    bench.add_sweep_arguments(p, "frame count", rounds=3, time_limit=300.0, time_limit_default="300",
+                              memory_limit_help=f"MB a case may use; above it a case counts as out of memory "
+                                                f"(default: {MEMORY_BUDGET_MB}, or 90%% of the available memory "
+                                                f"if less)", memory_runs=1)
     p.add_argument("--out", default="bench-out/video", help="output folder (default: %(default)s)")
     args = p.parse_args(argv)
 
@@ -112,23 +105,10 @@ def main(argv=None):
         h, w = bench.parse_resolution(args.size)
     except ValueError as e:
         p.error(str(e).replace("--resolutions", "--size"))
-    for flag, value, least in (("--batch-size", args.batch_size, 1), ("--threads", args.threads, 1),
-                               ("--rounds", args.rounds, 1)):
-        if value < least:
-            p.error(f"{flag}: expected >= {least}, got {value}")
-    for flag, value in (("--budget", args.budget), ("--time-limit", args.time_limit),
-                        ("--memory-limit", args.memory_limit)):
-        if value is not None and value <= (-1 if flag == "--budget" else 0):
-            p.error(f"{flag}: expected a positive number, got {value:g}")
-    device = torch.device(args.device) if args.device in ("cpu", "cuda") else None
-    if device is None:
-        p.error(f"--device: expected cpu or cuda, got {args.device!r}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: no CUDA device is available here")
-    memory_limit = args.memory_limit
-    if memory_limit is None and device.type == "cpu":
-        avail = available_mb()
-        memory_limit = min(MEMORY_BUDGET_MB, 0.9 * avail) if avail else MEMORY_BUDGET_MB
+    for flag, value in (("--batch-size", args.batch_size), ("--threads", args.threads)):
+        if value < 1:
+            p.error(f"{flag}: expected >= 1, got {value}")
+    _, memory_limit = bench.check_sweep_arguments(p, args, cap_mb=MEMORY_BUDGET_MB)
 
     frames = sorted(set(args.frames))
     res = bench.res_name(h, w)
@@ -155,13 +135,15 @@ def main(argv=None):
                 f"per case (torch and numba), device {args.device}, per-case time limit {args.time_limit:g} s"
                 + (f", memory budget {memory_limit / 1024:.1f} GB" if memory_limit else "")
                 + f"; timing: at least {args.rounds} interleaved rounds per frame count, more while the slowest "
-                  f"case has run under {args.budget:g} s (at most {max(args.rounds, MAX_ROUNDS)})")
+                  f"case has run under {args.budget:g} s (at most {max(args.rounds, MAX_ROUNDS)}); peak memory: "
+                  f"median of {args.memory_runs} fresh process(es)")
     print(f"machine: {machine}\n{settings}\n{len(series) * len(frames)} cases: size, MACs and peak memory in a "
           f"fresh process each; latency in interleaved rounds, the cases of a frame count kept alive side by side")
     start = time.perf_counter()
     sweep_columns = [("images_per_s" if k == "clips_per_s" else k, t) for k, t in COLUMNS]
     rows, busy = bench.sweep([str(n) for n in frames], list(by_series), case_of, args.time_limit, args.rounds,
-                             args.budget, memory_limit, columns=sweep_columns, unit=" frames")
+                             args.budget, memory_limit, columns=sweep_columns, unit=" frames",
+                             memory_runs=args.memory_runs)
     wall = time.perf_counter() - start
     order = {s: i for i, s in enumerate(by_series)}
     rows.sort(key=lambda r: (order[r["series"]], r["frames"]))  # one series after another, as the table reads
