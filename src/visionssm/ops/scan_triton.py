@@ -98,6 +98,9 @@ else:
 # steps x 2 channels: 2.2x the forward and 1.7x the forward+backward of 64 x 4 on 8 warps) and for 1
 # state (256 steps x 4 channels: 1.9x the forward). CHUNK is also the spacing of the saved states.
 TILE = 1024
+# The kernel pair the backend launches (see the module doc); the GPU benchmark times each of KERNELS.
+KERNELS = ("tile",)
+KERNEL = "tile"
 # Steps per chunk and channels per program; None picks them from the state size (_chunk,
 # _block_sizes). Tests set both smaller.
 CHUNK = None
