@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from test_scan_directions import OPTIONS, copy_based, make_inputs, run  # tests/ is on sys.path
-from test_scan_triton import DEVICE, _err, assert_checks, interpreted
+from test_scan_triton import DEVICE, _err, assert_checks, for_each_kernel, half_checks, interpreted
 
 pytestmark = pytest.mark.triton
 
@@ -53,14 +53,16 @@ def _cases():
                                                                  default_tiles=True)
     cases["no-grad-forward"] = dict(kind="nograd", order="snake", hw=(3, 5))
     cases["empty-batch"] = dict(kind="empty", order="cross", hw=(3, 5), batch=0)
-    cases["bf16-inputs"] = dict(kind="half", order="cross", hw=(3, 5))
+    cases["bf16-inputs"] = dict(kind="half", half="bfloat16", order="cross", hw=(3, 5))
+    cases["f16-inputs-bidirectional"] = dict(kind="half", half="float16", order="bidirectional", hw=(1, 13),
+                                             shared=False)
     # the same kernels on gathered copies sum the directions in the same order: the same bits
     cases["f32-cross-5x3-g2-equals-kernels-on-copies"] = dict(kind="copies", order="cross", hw=(5, 3), d=4, groups=2,
                                                               dtype="float32")
     return cases
 
 
-CASES = _cases()
+CASES = for_each_kernel(_cases())
 
 
 def _triton(t, order, hw, options, return_last_state=True):
@@ -121,13 +123,10 @@ def _checks(case: dict, on_copies) -> list:
         if any(g.shape != inp[k].shape or g.any() for k, g in grads.items()):
             raise AssertionError("an empty batch gave gradients of the wrong shape or nonzero")
         return []
-    if kind == "half":
-        low = {k: v.float().to(torch.bfloat16) for k, v in inp.items()}
-        y_want, h_want = copy_based({k: v.float() for k, v in low.items()}, order, hw, options)
-        y, h = _triton(low, order, hw, options)
-        if y.dtype != torch.bfloat16 or h.dtype != torch.float32:
-            raise AssertionError(f"dtypes y {y.dtype}, last {h.dtype}")
-        return [_err("last state", h, h_want, 1e-5, 1e-5), _err("y", y.float(), y_want, 2e-2, 2e-2)]
+    if kind == "half":  # the float32 triton run equals the copy path (the cases above)
+        dtype = getattr(torch, case["half"])
+        low = {k: v.float() if k in ("A", "D", "delta_bias") else v.to(dtype) for k, v in inp.items()}
+        return half_checks(lambda t: _triton(t, order, hw, options), low, dtype)
     if kind == "copies":  # the backend calls, no autograd: bit for bit under the interpreter
         from visionssm.layers.scan_orders import scan_index_maps
         from visionssm.ops import scan_triton
@@ -160,16 +159,18 @@ def compute_case(case: dict) -> dict:
     def copy_path(*args, **kwargs):
         raise AssertionError("the triton backend ran the directional scan on copies")
 
-    saved = scan_triton.CHUNK, scan_triton.BLOCK_D, ds._composed_forward, ds._composed_backward
+    saved = scan_triton.CHUNK, scan_triton.BLOCK_D, ds._composed_forward, ds._composed_backward, scan_triton.KERNEL
+    scan_triton.KERNEL = case["kernel"]
     if not case.get("default_tiles"):
         scan_triton.CHUNK, scan_triton.BLOCK_D = 8, 2
     ds._composed_forward = ds._composed_backward = copy_path
     try:
-        return {"checks": _checks(case, saved[2:])}
+        return {"checks": _checks(case, saved[2:4])}
     except Exception:
         return {"error": traceback.format_exc()}
     finally:
-        scan_triton.CHUNK, scan_triton.BLOCK_D, ds._composed_forward, ds._composed_backward = saved
+        (scan_triton.CHUNK, scan_triton.BLOCK_D, ds._composed_forward, ds._composed_backward,
+         scan_triton.KERNEL) = saved
 
 
 def compute_all() -> dict:

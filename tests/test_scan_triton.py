@@ -7,9 +7,10 @@ backends imports the Triton one), so setting TRITON_INTERPRET=1 here would come 
 interpreter cases run in one child process started with the variable set, and each test below
 asserts on its own case's result. Started with TRITON_INTERPRET=1 already set, they run in-process.
 
-The kernels run with tiny tiles (CHUNK=8 steps, 4 channels per program) so that several chunks, a
-partial last chunk, a partial channel block and the atomic dB/dC reduction are all exercised at
-lengths the interpreter gets through in well under a second; one case runs the default tiles.
+Every case runs once per kernel pair (``scan_triton.KERNELS``: "tile", "loop"). The kernels run
+with tiny tiles (CHUNK=8 steps, 4 channels per program) so that several chunks, a partial last
+chunk, a partial channel block and the atomic dB/dC reduction are all exercised at lengths the
+interpreter gets through in well under a second; one case runs the default tiles.
 
 With VISIONSSM_TRITON_TEST_DEVICE=cuda (on a machine with a GPU) the same cases run in-process,
 compiled for the GPU, on CUDA copies of the inputs; the reference still runs on the CPU.
@@ -56,12 +57,21 @@ def _cases():
     cases["f32-state16-default-tiles-L70"] = dict(kind="f32", options="all", groups=None, length=70, state=16,
                                                   batch=1, default_tiles=True)
     cases["f64-gradients-g2"] = dict(kind="gradcheck", groups=2)
-    cases["bf16-inputs-g2"] = dict(kind="half", groups=2)
+    cases["bf16-inputs-g2"] = dict(kind="half", groups=2, dtype="bfloat16")
+    cases["f16-inputs"] = dict(kind="half", groups=None, dtype="float16")
+    cases["bf16-inputs-delta-f32"] = dict(kind="half", groups=None, dtype="bfloat16", delta_float32=True)
     cases["no-grad-forward"] = dict(kind="nograd")
     return cases
 
 
-CASES = _cases()
+def for_each_kernel(cases: dict) -> dict:
+    """Every case once per kernel pair of the Triton backend (``scan_triton.KERNELS``)."""
+    from visionssm.ops.scan_triton import KERNELS
+
+    return {f"{kernel}-{name}": dict(case, kernel=kernel) for kernel in KERNELS for name, case in cases.items()}
+
+
+CASES = for_each_kernel(_cases())
 DEVICE = os.environ.get("VISIONSSM_TRITON_TEST_DEVICE", "cpu")
 
 
@@ -85,7 +95,8 @@ def compute_case(case: dict) -> dict:
     from visionssm import selective_scan, selective_scan_reference
     from visionssm.ops import scan_triton
 
-    saved = scan_triton.CHUNK, scan_triton.BLOCK_D
+    saved = scan_triton.CHUNK, scan_triton.BLOCK_D, scan_triton.KERNEL
+    scan_triton.KERNEL = case["kernel"]
     if not case.get("default_tiles"):
         scan_triton.CHUNK, scan_triton.BLOCK_D = 8, 4
     checks = []
@@ -140,14 +151,7 @@ def compute_case(case: dict) -> dict:
             y1, h1 = _on_cpu(y1.detach(), h1.detach())
             checks += [_err("y float64", y1, y0, 1e-12, 1e-12), _err("last float64", h1, h0, 1e-12, 1e-12)]
         elif kind == "half":
-            inp = make_inputs(length=37, groups=case["groups"])
-            low = {k: v.to(torch.bfloat16) for k, v in inp.items()}
-            y_want, h_want, _ = run_scan("reference", {k: v.float() for k, v in low.items()}, {}, grad=False)
-            y, h, grads = run_scan("triton", _on_device(low), {})
-            y, h, grads["u"] = _on_cpu(y, h, grads["u"])
-            if y.dtype != torch.bfloat16 or h.dtype != torch.float32 or grads["u"].dtype != torch.bfloat16:
-                return {"error": f"dtypes y {y.dtype}, last {h.dtype}, du {grads['u'].dtype}"}
-            checks += [_err("last state", h, h_want, 1e-5, 1e-5), _err("y", y.float(), y_want, 2e-2, 2e-2)]
+            checks += _half_checks(case)
         elif kind == "nograd":
             inp = make_inputs(length=30)
             names = ("u", "delta", "A", "B", "C")
@@ -161,8 +165,67 @@ def compute_case(case: dict) -> dict:
     except Exception:
         return {"error": traceback.format_exc()}
     finally:
-        scan_triton.CHUNK, scan_triton.BLOCK_D = saved
+        scan_triton.CHUNK, scan_triton.BLOCK_D, scan_triton.KERNEL = saved
     return {"checks": checks}
+
+
+def _half_checks(case: dict) -> list:
+    from visionssm import selective_scan
+
+    dtype = getattr(torch, case["dtype"])
+    inp = make_inputs(length=37, groups=case["groups"])
+    low = {k: v if k in ("A", "D", "delta_bias") else v.to(dtype) for k, v in inp.items()}
+    if case.get("delta_float32"):  # mixed operands: each read in its own dtype
+        low["delta"] = inp["delta"]
+
+    def scan(t):
+        t = _on_device(t)
+        return _on_cpu(*selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"], D=t["D"], z=t["z"],
+                                       delta_bias=t["delta_bias"], delta_softplus=True, return_last_state=True,
+                                       backend="triton"))
+    return half_checks(scan, low, dtype)
+
+
+def half_checks(scan, low: dict, dtype: torch.dtype) -> list:
+    """Operands in ``dtype`` (float16 or bfloat16; A, D and delta_bias float32, as under autocast):
+    the Triton kernels are handed them as they are (not float32 copies), and y and every gradient
+    equal those of the float32 run on the same values to the rounding of their dtype (the
+    interpreter truncates where a GPU rounds to nearest: one unit in the last place); the state and
+    the float32 inputs' gradients are those of the float32 run. ``scan(tensors) -> (y, last state)``
+    on the CPU, differentiable."""
+    from visionssm.ops import scan_triton
+
+    seen = []
+    kernel_calls = scan_triton._forward, scan_triton._backward
+
+    def spy(fn):
+        def call(*args, **kwargs):
+            seen.append({t.dtype for t in args[:5]})  # u, delta, A, B, C
+            return fn(*args, **kwargs)
+        return call
+
+    def run(t):
+        leaves = {k: v.clone().requires_grad_() for k, v in t.items()}
+        y, h = scan(leaves)
+        g = torch.Generator().manual_seed(2)  # the same incoming gradients for both runs
+        dy, dh = torch.randn(y.shape, generator=g).to(dtype), torch.randn(h.shape, generator=g)
+        return y, h, dict(zip(leaves, torch.autograd.grad((y, h), list(leaves.values()), (dy.to(y.dtype), dh))))
+
+    scan_triton._forward, scan_triton._backward = map(spy, kernel_calls)
+    try:
+        y, h, grads = run(low)
+    finally:
+        scan_triton._forward, scan_triton._backward = kernel_calls
+    y_want, h_want, g_want = run({k: v.float() for k, v in low.items()})
+    if len(seen) != 2 or any(s != {dtype, torch.float32} for s in seen):
+        raise AssertionError(f"the kernels were handed {seen} (forward, backward), expected {dtype} operands")
+    grad_dtypes = {k: g.dtype for k, g in grads.items()}
+    if y.dtype != dtype or h.dtype != torch.float32 or grad_dtypes != {k: low[k].dtype for k in low}:
+        raise AssertionError(f"dtypes y {y.dtype}, last {h.dtype}, gradients {grad_dtypes}")
+    ulp = torch.finfo(dtype).eps
+    checks = [_err("last state", h, h_want, 1e-6, 0.0), _err("y", y, y_want, ulp, 0.0)]
+    return checks + [_err(f"grad {k}", g, g_want[k], ulp if g.dtype == dtype else 1e-6, 0.0)
+                     for k, g in grads.items()]
 
 
 def compute_all() -> dict:
@@ -253,21 +316,30 @@ def test_module_imports_and_explains_without_triton(monkeypatch):
     assert mod.checkpoint_shape(2, 6, 130, 4) == (2, 3, 6, 4)
 
 
-def test_default_tiles_follow_the_state_size():
-    """The sweep's shape of tile (scan_triton.TILE elements, 2 warps) for every state size, and
-    checkpoints spaced by the chunk the kernels walk."""
+def test_default_tiles(monkeypatch):
+    """"tile": the sweep's shape of tile (scan_triton.TILE elements of (channels, states, steps), 2
+    warps) for every state size; "loop": chunks of the length rounded up to a power of two (32 to
+    LOOP_CHUNK steps), TILE elements of (channels, steps), a warp per 256; checkpoints spaced by the
+    chunk the kernels walk."""
     from visionssm.ops import scan_triton as st
 
-    cpu = torch.device("cpu")
+    cpu, meta = torch.device("cpu"), torch.device("meta")
+    monkeypatch.setattr(st, "KERNEL", "tile")
     for state in (1, 2, 3, 4, 8, 16, 32, 64):
-        chunk = st._chunk(state)
-        block_d, block_n = st._block_sizes(256, 1, 1024, state, cpu)
+        chunk, block_d, block_n, warps = st._tiles(256, 1, 1024, state, 1000, cpu)
         assert 32 <= chunk <= 256 and block_n == st._next_pow2(state)
         assert block_d * block_n * chunk == max(st.TILE, block_n * chunk)  # a full tile, or one channel
-        assert st._num_warps(block_d, block_n, chunk) == max(1, block_d * block_n * chunk // 512)
+        assert warps == max(1, block_d * block_n * chunk // 512)
         assert st.checkpoint_shape(2, 6, 3 * chunk + 1, state) == (2, 4, 6, state)
-    assert st._block_sizes(1, 1, 1024, 1, torch.device("meta"))[0] == 4  # not a CUDA device: no SM count
-    assert st._block_sizes(256, 1, 2, 1, cpu)[0] == 2  # never more channels than a group has
+    monkeypatch.setattr(st, "KERNEL", "loop")
+    for length, want in ((1, 32), (197, 256), (512, 512), (4097, st.LOOP_CHUNK)):
+        chunk, block_d, block_n, warps = st._tiles(256, 1, 1024, 16, length, cpu)
+        assert chunk == want and block_n == 16 and block_d * chunk == st.TILE and warps == min(8, st.TILE // 256)
+        assert st.checkpoint_shape(2, 6, length, 16) == (2, -(-length // chunk), 6, 16)
+    for kernel in st.KERNELS:
+        monkeypatch.setattr(st, "KERNEL", kernel)
+        assert st._tiles(1, 1, 1024, 1, 256, meta)[1] == st.TILE // 256  # not a CUDA device: no SM count
+        assert st._tiles(256, 1, 2, 1, 300, cpu)[1] == 2  # never more channels than a group has
 
 
 def test_gpu_benchmark_without_cuda_exits_with_a_message(monkeypatch, capsys, tmp_path):

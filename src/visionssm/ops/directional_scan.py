@@ -38,8 +38,8 @@ from visionssm.ops.scan_reference import selective_scan_reference
 from visionssm.ops.selective_scan import (
     _backend_module,
     _cast,
-    _grouped,
     _need_tensor,
+    _operands,
     _resolve_cached,
     _ungrouped,
     _wide,
@@ -185,9 +185,8 @@ def _directional_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: to
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(y, last_state, checkpoints, the ungated sum when z is given and gradients are wanted)."""
     w = _wide(u)
-    y, last, ckpt = _run_forward(backend, u.to(w), delta.to(w), A.to(w), _grouped(B, w), _grouped(C, w),
-                                 _cast(D, w), _cast(delta_bias, w), delta_softplus, index_maps.long(),
-                                 save_checkpoints)
+    y, last, ckpt = _run_forward(backend, *_operands(backend, w, u, delta, A, B, C), _cast(D, w),
+                                 _cast(delta_bias, w), delta_softplus, index_maps.long(), save_checkpoints)
     if z is None:
         return y.to(u.dtype), last, ckpt, u.new_empty(0)
     if save_checkpoints:  # the backward needs the ungated sum
@@ -235,8 +234,8 @@ def _directional_backward_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tens
         dz = dout * y_sum * sz * (1 + zw * (1 - sz))
         dout = dout * zw * sz
     du, ddelta, dA, dB, dC, dD, ddelta_bias = _run_backward(
-        backend, u.to(w), delta.to(w), A.to(w), _grouped(B, w), _grouped(C, w), _cast(D, w), _cast(delta_bias, w),
-        delta_softplus, index_maps.long(), checkpoints, dout, _cast(dlast, w))
+        backend, *_operands(backend, w, u, delta, A, B, C), _cast(D, w), _cast(delta_bias, w), delta_softplus,
+        index_maps.long(), checkpoints, dout, _cast(dlast, w))
     return [du.to(u.dtype), ddelta.to(delta.dtype), dA.to(A.dtype), _ungrouped(dB, B), _ungrouped(dC, C),
             u.new_empty(0) if D is None else dD.to(D.dtype), u.new_empty(0) if z is None else dz.to(z.dtype),
             u.new_empty(0) if delta_bias is None else ddelta_bias.to(delta_bias.dtype)]

@@ -29,6 +29,17 @@ length) result with one relaxed atomic add per element per channel block (a plai
 one block covers the group), so no (batch, dim, length, state) temporary exists; dA, dD and
 ddelta_bias go to small per-batch partial buffers that are summed afterwards.
 
+Two kernel pairs (``KERNEL``). The "tile" pair described above holds all states of a chunk at
+once, in (BLOCK_D, state, CHUNK) tiles of 32-256 steps. The "loop" pair (``_loop_fwd_kernel``,
+``_loop_bwd_kernel``) is organised like the official CUDA kernel instead: (BLOCK_D, CHUNK) tiles of
+up to LOOP_CHUNK steps spread over the program's threads (each thread a run of consecutive steps,
+then a scan across the threads), the states looped inside the program one B and C row at a time
+(read once for the program's channels), and the states carried across chunks in a (BLOCK_D, state)
+register tile. The arithmetic per state is the same, and so are the arguments, the grid, the
+checkpoints (spaced by that pair's chunk) and the results. Which is faster on a GPU is for the GPU
+benchmark to say (``visionssm bench scan-gpu`` times each pair); "tile" stays the default until one
+has measured "loop".
+
 Directions (``directional_forward`` / ``directional_backward``, the interface of
 ``visionssm.ops.directional_scan``). The same two kernels with ``MAPPED`` set read every direction
 of Vim's pair or VMamba's cross-scan through its index map instead of through flipped or
@@ -67,8 +78,13 @@ that is more steps than the register tiles hold at 16 states, the (H, 8) block w
 row-major into shared memory (coalesced) and scanned from there in sub-chunks, the state carried
 across them as across chunks now.
 
-All arithmetic is in the dtype of the tensors handed in (float32, or float64 for float64
-inputs); the wrapper in ``visionssm.ops.selective_scan`` casts half and bfloat16 to float32.
+Dtypes (``READS_HALF``). The wrappers hand float16 and bfloat16 operands (u, delta, B, C, z, dout)
+over as they are, so that they cross memory at half the bytes, with A, D and delta_bias in the
+compute dtype (float32; float64 for float64 inputs). The kernels convert each tile to A's dtype as
+they load it and keep the state and every sum in it; y, du, ddelta and dz are stored in their
+inputs' dtypes, while sums of several contributions (y and a shared u's du over directions, dB and
+dC over channel blocks), the last state, the checkpoints and the parameters' partials stay in the
+compute dtype.
 
 ``triton.jit`` decides between compiling and interpreting when it is applied, so the kernels
 are decorated at their first launch, and again if ``TRITON_INTERPRET`` has changed since.
@@ -98,9 +114,13 @@ else:
 # steps x 2 channels: 2.2x the forward and 1.7x the forward+backward of 64 x 4 on 8 warps) and for 1
 # state (256 steps x 4 channels: 1.9x the forward). CHUNK is also the spacing of the saved states.
 TILE = 1024
+# float16 / bfloat16 operands are read as they are (see the module doc), not cast by the wrapper
+READS_HALF = True
 # The kernel pair the backend launches (see the module doc); the GPU benchmark times each of KERNELS.
-KERNELS = ("tile",)
+KERNELS = ("tile", "loop")
 KERNEL = "tile"
+# the "loop" pair's longest chunk (steps spread over the threads of a program)
+LOOP_CHUNK = 512
 # Steps per chunk and channels per program; None picks them from the state size (_chunk,
 # _block_sizes). Tests set both smaller.
 CHUNK = None
@@ -140,13 +160,18 @@ def unavailable_reason(device: torch.device) -> str | None:
     return f"the 'triton' backend runs on CUDA tensors, got {device.type} tensors"
 
 
-def _chunk(state: int) -> int:
-    """Steps per chunk: 256 for one state down to 32 from 8 states up."""
-    return CHUNK or min(256, max(32, 256 // _next_pow2(state)))
+def _chunk(state: int, length: int) -> int:
+    """Steps per chunk. "tile": 256 for one state down to 32 from 8 states up; "loop": the length
+    rounded up to a power of two, 32 to LOOP_CHUNK."""
+    if CHUNK:
+        return CHUNK
+    if KERNEL == "tile":
+        return min(256, max(32, 256 // _next_pow2(state)))
+    return min(LOOP_CHUNK, max(32, _next_pow2(length)))
 
 
 def checkpoint_shape(batch, dim, length, state):
-    return (batch, -(-length // _chunk(state)), dim, state)
+    return (batch, -(-length // _chunk(state, length)), dim, state)
 
 
 @functools.cache
@@ -154,24 +179,27 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
-def _block_sizes(batch: int, groups: int, dim_per_group: int, state: int, device: torch.device
-                 ) -> tuple[int, int]:
-    """(BLOCK_D, BLOCK_N): channels so that a (BLOCK_D, BLOCK_N, CHUNK) tile holds about TILE
-    elements; fewer where that leaves fewer than about two programs per SM (VMamba's d_state=1 at
-    small batch); never more than a group."""
-    block_n = _next_pow2(state)
+def _tiles(batch: int, groups: int, dim_per_group: int, state: int, length: int, device: torch.device
+           ) -> tuple[int, int, int, int]:
+    """(CHUNK, BLOCK_D, BLOCK_N, warps) of the KERNEL pair: channels so that a program's tile, (BLOCK_D,
+    BLOCK_N, CHUNK) for "tile" and (BLOCK_D, CHUNK) for "loop", holds about TILE elements; fewer where
+    that leaves fewer than about two programs per SM (VMamba's d_state=1 at small batch); never more
+    than a group."""
+    chunk, block_n = _chunk(state, length), _next_pow2(state)
+    per_channel = chunk * (block_n if KERNEL == "tile" else 1)
     if BLOCK_D is not None:
         block_d = _next_pow2(BLOCK_D)
     else:
-        block_d = max(1, TILE // (block_n * _chunk(state)))
+        block_d = max(1, TILE // per_channel)
         while block_d > 1 and batch * groups * -(-dim_per_group // block_d) < 2 * _sm_count(device):
             block_d //= 2
-    return max(1, min(block_d, _next_pow2(dim_per_group))), block_n
+    block_d = max(1, min(block_d, _next_pow2(dim_per_group)))
+    return chunk, block_d, block_n, _num_warps(block_d * per_channel, 512 if KERNEL == "tile" else 256)
 
 
-def _num_warps(block_d: int, block_n: int, chunk: int) -> int:
-    """One warp per 512 elements of the 3-D tiles (2 at TILE), 1 to 8."""
-    return min(8, _next_pow2(max(block_d * block_n * chunk // 512, 1)))
+def _num_warps(elements: int, per_warp: int) -> int:
+    """One warp per ``per_warp`` elements of a program's tile, 1 to 8."""
+    return min(8, _next_pow2(max(elements // per_warp, 1)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,7 +255,7 @@ if tl is not None:
             urow = orow if SHARED_U else row
             bc_row = ((b * NDIR * groups + gk) * state + offs_n) * length  # each state's row in B, C
 
-            h = tl.zeros([BLOCK_D, BLOCK_N], dtype=u_ptr.dtype.element_ty)
+            h = tl.zeros([BLOCK_D, BLOCK_N], dtype=A.dtype)
             for k in range(0, nchunks):
                 t = k * CHUNK + offs_t
                 mask_t = t < length
@@ -239,15 +267,15 @@ if tl is not None:
                     pos = t
                 if SAVE:
                     tl.store(ckpt_ptr + (b * nchunks + k) * dim * state + dn_off, h, mask=mask_dn)
-                u = tl.load(u_ptr + urow[:, None] + pos[None, :], mask=m_dt, other=0.0)
-                dt = tl.load(delta_ptr + row[:, None] + pos[None, :], mask=m_dt, other=0.0)
+                u = tl.load(u_ptr + urow[:, None] + pos[None, :], mask=m_dt, other=0.0).to(A.dtype)
+                dt = tl.load(delta_ptr + row[:, None] + pos[None, :], mask=m_dt, other=0.0).to(A.dtype)
                 if HAS_BIAS:
                     dt += bias[:, None]
                 if SOFTPLUS:
                     dt = _softplus(dt)
                 dt = tl.where(m_dt, dt, 0.0)  # padding: decay 1, input 0
-                Bt = tl.load(B_ptr + bc_row[:, None] + pos[None, :], mask=m_nt, other=0.0)
-                Ct = tl.load(C_ptr + bc_row[:, None] + pos[None, :], mask=m_nt, other=0.0)
+                Bt = tl.load(B_ptr + bc_row[:, None] + pos[None, :], mask=m_nt, other=0.0).to(A.dtype)
+                Ct = tl.load(C_ptr + bc_row[:, None] + pos[None, :], mask=m_nt, other=0.0).to(A.dtype)
 
                 a = tl.exp2(dt[:, None, :] * A2)
                 x = (dt * u)[:, None, :] * Bt[None, :, :]
@@ -258,11 +286,11 @@ if tl is not None:
                     y += Dv[:, None] * u
                 ptr_y = orow[:, None] + pos[None, :]
                 if HAS_Z:  # the plain scan's gate (the directional op gates the sum outside)
-                    zt = tl.load(z_ptr + ptr_y, mask=m_dt, other=0.0)
+                    zt = tl.load(z_ptr + ptr_y, mask=m_dt, other=0.0).to(A.dtype)
                     y = y * zt * tl.sigmoid(zt)
                 if NDIR > 1:  # the directions before this one (same program, same rows) wrote their sum
-                    y = tl.load(y_ptr + ptr_y, mask=m_dt & (kdir > 0), other=0.0) + y
-                tl.store(y_ptr + ptr_y, y, mask=m_dt)
+                    y = tl.load(y_ptr + ptr_y, mask=m_dt & (kdir > 0), other=0.0).to(A.dtype) + y
+                tl.store(y_ptr + ptr_y, y.to(y_ptr.dtype.element_ty), mask=m_dt)
                 h = tl.sum(tl.where(offs_t[None, None, :] == CHUNK - 1, hs, 0.0), axis=2)
             tl.store(last_ptr + b * dim * state + dn_off, h, mask=mask_dn)
             if NDIR > 1:  # the next direction reads y where other threads of the program wrote it
@@ -308,10 +336,10 @@ if tl is not None:
             if HAS_DLAST:  # r: what the steps after this chunk pass back into its last step
                 r = tl.load(dlast_ptr + b * dim * state + dn_off, mask=mask_dn, other=0.0)
             else:
-                r = tl.zeros([BLOCK_D, BLOCK_N], dtype=u_ptr.dtype.element_ty)
-            dA_acc = tl.zeros([BLOCK_D, BLOCK_N], dtype=u_ptr.dtype.element_ty)
-            dD_acc = tl.zeros([BLOCK_D], dtype=u_ptr.dtype.element_ty)
-            dbias_acc = tl.zeros([BLOCK_D], dtype=u_ptr.dtype.element_ty)
+                r = tl.zeros([BLOCK_D, BLOCK_N], dtype=A.dtype)
+            dA_acc = tl.zeros([BLOCK_D, BLOCK_N], dtype=A.dtype)
+            dD_acc = tl.zeros([BLOCK_D], dtype=A.dtype)
+            dbias_acc = tl.zeros([BLOCK_D], dtype=A.dtype)
             for kk in range(0, nchunks):
                 k = nchunks - 1 - kk
                 t = k * CHUNK + offs_t
@@ -331,23 +359,23 @@ if tl is not None:
                 ptr_u = urow[:, None] + pos[None, :]
                 ptr_o = orow[:, None] + pos[None, :]
 
-                u = tl.load(u_ptr + ptr_u, mask=m_dt, other=0.0)
-                xd = tl.load(delta_ptr + ptr_dt, mask=m_dt, other=0.0)
+                u = tl.load(u_ptr + ptr_u, mask=m_dt, other=0.0).to(A.dtype)
+                xd = tl.load(delta_ptr + ptr_dt, mask=m_dt, other=0.0).to(A.dtype)
                 if HAS_BIAS:
                     xd += bias[:, None]
                 if SOFTPLUS:
                     dt = tl.where(m_dt, _softplus(xd), 0.0)
                 else:
                     dt = xd
-                xn = tl.load(delta_ptr + row[:, None] + pos_next[None, :], mask=m_next, other=0.0)
+                xn = tl.load(delta_ptr + row[:, None] + pos_next[None, :], mask=m_next, other=0.0).to(A.dtype)
                 if HAS_BIAS:
                     xn += bias[:, None]
                 if SOFTPLUS:
                     xn = _softplus(xn)
                 dt_next = tl.where(m_next, xn, 0.0)
-                Bt = tl.load(B_ptr + bc_row[:, None] + pos[None, :], mask=m_nt, other=0.0)
-                Ct = tl.load(C_ptr + bc_row[:, None] + pos[None, :], mask=m_nt, other=0.0)
-                dout = tl.load(dout_ptr + ptr_o, mask=m_dt, other=0.0)
+                Bt = tl.load(B_ptr + bc_row[:, None] + pos[None, :], mask=m_nt, other=0.0).to(A.dtype)
+                Ct = tl.load(C_ptr + bc_row[:, None] + pos[None, :], mask=m_nt, other=0.0).to(A.dtype)
+                dout = tl.load(dout_ptr + ptr_o, mask=m_dt, other=0.0).to(A.dtype)
 
                 # recompute this chunk's states from the one saved at its start
                 h0 = tl.load(ckpt_ptr + (b * nchunks + k) * dim * state + dn_off, mask=mask_dn, other=0.0)
@@ -358,12 +386,13 @@ if tl is not None:
                 hs = a_cum * h0[:, :, None] + x_cum
 
                 if HAS_Z:
-                    zt = tl.load(z_ptr + ptr_o, mask=m_dt, other=0.0)
+                    zt = tl.load(z_ptr + ptr_o, mask=m_dt, other=0.0).to(A.dtype)
                     sz = tl.sigmoid(zt)
                     yp = tl.sum(hs * Ct[None, :, :], axis=1)
                     if HAS_D:
                         yp += Dv[:, None] * u
-                    tl.store(dz_ptr + ptr_o, dout * yp * sz * (1.0 + zt * (1.0 - sz)), mask=m_dt)
+                    dz = dout * yp * sz * (1.0 + zt * (1.0 - sz))
+                    tl.store(dz_ptr + ptr_o, dz.to(dz_ptr.dtype.element_ty), mask=m_dt)
                     dy = dout * zt * sz
                 else:
                     dy = dout
@@ -382,12 +411,12 @@ if tl is not None:
                     du += Dv[:, None] * dy
                     dD_acc += tl.sum(dy * u, axis=1)
                 if SHARED_U and NDIR > 1:  # a shared u's gradient: the sum over the directions so far
-                    du = tl.load(du_ptr + ptr_u, mask=m_dt & (kdir > 0), other=0.0) + du
-                tl.store(du_ptr + ptr_u, du, mask=m_dt)
+                    du = tl.load(du_ptr + ptr_u, mask=m_dt & (kdir > 0), other=0.0).to(A.dtype) + du
+                tl.store(du_ptr + ptr_u, du.to(du_ptr.dtype.element_ty), mask=m_dt)
                 if SOFTPLUS:
                     ddt = ddt * tl.sigmoid(xd)
                 ddt = tl.where(m_dt, ddt, 0.0)
-                tl.store(ddelta_ptr + ptr_dt, ddt, mask=m_dt)
+                tl.store(ddelta_ptr + ptr_dt, ddt.to(ddelta_ptr.dtype.element_ty), mask=m_dt)
                 if HAS_BIAS:
                     dbias_acc += tl.sum(ddt, axis=1)
                 dA_acc += tl.sum(q * dt[:, None, :], axis=2)
@@ -415,7 +444,233 @@ if tl is not None:
             if SHARED_U and NDIR > 1:  # the next direction adds to du where other threads wrote it
                 tl.debug_barrier()
 
-    _KERNEL_SOURCES = {f.__name__: f for f in (_affine_combine, _softplus, _scan_fwd_kernel, _scan_bwd_kernel)}
+    # The "loop" pair: (BLOCK_D, CHUNK) tiles of one state at a time, the states looped inside the
+    # program. Per chunk and state n the program scans the chunk along its CHUNK steps (spread over
+    # the program's threads, a run of consecutive steps each: in-thread, then across threads), adds
+    # C_n h_n into y (or, backward, the state's share of every gradient) and carries h_n (dh_n) to
+    # the next chunk in a (BLOCK_D, BLOCK_N) register tile; B and C are read one state row at a time,
+    # once for the program's channels. Same arguments, grid, checkpoints and results as the "tile" pair.
+
+    def _loop_fwd_kernel(
+        u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, maps_ptr,
+        y_ptr, last_ptr, ckpt_ptr,
+        dim, dim_out, length, nchunks, dim_per_group, groups, state,
+        HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+        SAVE: tl.constexpr, MAPPED: tl.constexpr, NDIR: tl.constexpr, SHARED_U: tl.constexpr,
+        BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+    ):
+        blk = tl.program_id(0)
+        g = tl.program_id(1)
+        b = tl.program_id(2).to(tl.int64)
+        offs_d = blk * BLOCK_D + tl.arange(0, BLOCK_D)
+        mask_d = offs_d < dim_per_group
+        offs_n = tl.arange(0, BLOCK_N)
+        mask_dn = mask_d[:, None] & (offs_n < state)[None, :]
+        offs_t = tl.arange(0, CHUNK)
+        ochan = g * dim_per_group + offs_d
+        orow = (b * dim_out + ochan) * length
+        for kdir in range(0, NDIR):
+            gk = kdir * groups + g
+            chan = gk * dim_per_group + offs_d
+            dn_off = chan[:, None] * state + offs_n[None, :]
+            A_dn = tl.load(A_ptr + dn_off, mask=mask_dn, other=0.0)
+            if HAS_D:
+                Dv = tl.load(D_ptr + chan, mask=mask_d, other=0.0)
+            if HAS_BIAS:
+                bias = tl.load(bias_ptr + chan, mask=mask_d, other=0.0)
+            row = (b * dim + chan) * length
+            urow = orow if SHARED_U else row
+            bc_row0 = (b * NDIR * groups + gk) * state * length  # state 0's row in B, C
+
+            h = tl.zeros([BLOCK_D, BLOCK_N], dtype=A_dn.dtype)  # the states carried across chunks
+            for k in range(0, nchunks):
+                t = k * CHUNK + offs_t
+                mask_t = t < length
+                m_dt = mask_d[:, None] & mask_t[None, :]
+                if MAPPED:
+                    pos = tl.load(maps_ptr + kdir * length + t, mask=mask_t, other=0)
+                else:
+                    pos = t
+                if SAVE:
+                    tl.store(ckpt_ptr + (b * nchunks + k) * dim * state + dn_off, h, mask=mask_dn)
+                u = tl.load(u_ptr + urow[:, None] + pos[None, :], mask=m_dt, other=0.0).to(A_dn.dtype)
+                dt = tl.load(delta_ptr + row[:, None] + pos[None, :], mask=m_dt, other=0.0).to(A_dn.dtype)
+                if HAS_BIAS:
+                    dt += bias[:, None]
+                if SOFTPLUS:
+                    dt = _softplus(dt)
+                dt = tl.where(m_dt, dt, 0.0)  # padding: decay 1, input 0
+                dtu = dt * u
+                if HAS_D:
+                    y = Dv[:, None] * u
+                else:
+                    y = tl.zeros([BLOCK_D, CHUNK], dtype=A_dn.dtype)
+                for n in range(0, state):
+                    is_n = offs_n[None, :] == n
+                    A2 = tl.sum(tl.where(is_n, A_dn, 0.0), axis=1) * _LOG2E
+                    Bn = tl.load(B_ptr + bc_row0 + n * length + pos, mask=mask_t, other=0.0).to(A_dn.dtype)
+                    Cn = tl.load(C_ptr + bc_row0 + n * length + pos, mask=mask_t, other=0.0).to(A_dn.dtype)
+                    a = tl.exp2(dt * A2[:, None])
+                    a_cum, x_cum = tl.associative_scan((a, dtu * Bn[None, :]), axis=1, combine_fn=_affine_combine)
+                    hs = a_cum * tl.sum(tl.where(is_n, h, 0.0), axis=1)[:, None] + x_cum
+                    y += hs * Cn[None, :]
+                    h_end = tl.sum(tl.where(offs_t[None, :] == CHUNK - 1, hs, 0.0), axis=1)
+                    h = tl.where(is_n, h_end[:, None], h)
+                ptr_y = orow[:, None] + pos[None, :]
+                if HAS_Z:
+                    zt = tl.load(z_ptr + ptr_y, mask=m_dt, other=0.0).to(A_dn.dtype)
+                    y = y * zt * tl.sigmoid(zt)
+                if NDIR > 1:
+                    y = tl.load(y_ptr + ptr_y, mask=m_dt & (kdir > 0), other=0.0).to(A_dn.dtype) + y
+                tl.store(y_ptr + ptr_y, y.to(y_ptr.dtype.element_ty), mask=m_dt)
+            tl.store(last_ptr + b * dim * state + dn_off, h, mask=mask_dn)
+            if NDIR > 1:
+                tl.debug_barrier()
+
+    def _loop_bwd_kernel(
+        u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, maps_ptr, ckpt_ptr, dout_ptr, dlast_ptr,
+        du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
+        dim, dim_out, length, nchunks, dim_per_group, groups, state,
+        HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+        HAS_DLAST: tl.constexpr, ATOMIC_BC: tl.constexpr,
+        MAPPED: tl.constexpr, NDIR: tl.constexpr, SHARED_U: tl.constexpr,
+        BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+    ):
+        blk = tl.program_id(0)
+        g = tl.program_id(1)
+        b = tl.program_id(2).to(tl.int64)
+        offs_d = blk * BLOCK_D + tl.arange(0, BLOCK_D)
+        mask_d = offs_d < dim_per_group
+        offs_n = tl.arange(0, BLOCK_N)
+        mask_dn = mask_d[:, None] & (offs_n < state)[None, :]
+        offs_t = tl.arange(0, CHUNK)
+        ochan = g * dim_per_group + offs_d
+        orow = (b * dim_out + ochan) * length
+        for kdir in range(0, NDIR):
+            gk = kdir * groups + g
+            chan = gk * dim_per_group + offs_d
+            dn_off = chan[:, None] * state + offs_n[None, :]
+            A_dn = tl.load(A_ptr + dn_off, mask=mask_dn, other=0.0)
+            if HAS_D:
+                Dv = tl.load(D_ptr + chan, mask=mask_d, other=0.0)
+            if HAS_BIAS:
+                bias = tl.load(bias_ptr + chan, mask=mask_d, other=0.0)
+            row = (b * dim + chan) * length
+            urow = orow if SHARED_U else row
+            bc_row0 = (b * NDIR * groups + gk) * state * length
+
+            if HAS_DLAST:  # r: what the steps after this chunk pass back into its last step, per state
+                r = tl.load(dlast_ptr + b * dim * state + dn_off, mask=mask_dn, other=0.0)
+            else:
+                r = tl.zeros([BLOCK_D, BLOCK_N], dtype=A_dn.dtype)
+            dA_acc = tl.zeros([BLOCK_D, BLOCK_N], dtype=A_dn.dtype)
+            dD_acc = tl.zeros([BLOCK_D], dtype=A_dn.dtype)
+            dbias_acc = tl.zeros([BLOCK_D], dtype=A_dn.dtype)
+            for kk in range(0, nchunks):
+                k = nchunks - 1 - kk
+                t = k * CHUNK + offs_t
+                mask_t = t < length
+                m_dt = mask_d[:, None] & mask_t[None, :]
+                mask_next = (offs_t < CHUNK - 1) & (t + 1 < length)
+                m_next = mask_d[:, None] & mask_next[None, :]
+                if MAPPED:
+                    pos = tl.load(maps_ptr + kdir * length + t, mask=mask_t, other=0)
+                    pos_next = tl.load(maps_ptr + kdir * length + t + 1, mask=mask_next, other=0)
+                else:
+                    pos = t
+                    pos_next = t + 1
+                ptr_dt = row[:, None] + pos[None, :]
+                ptr_u = urow[:, None] + pos[None, :]
+                ptr_o = orow[:, None] + pos[None, :]
+
+                u = tl.load(u_ptr + ptr_u, mask=m_dt, other=0.0).to(A_dn.dtype)
+                xd = tl.load(delta_ptr + ptr_dt, mask=m_dt, other=0.0).to(A_dn.dtype)
+                if HAS_BIAS:
+                    xd += bias[:, None]
+                if SOFTPLUS:
+                    dt = tl.where(m_dt, _softplus(xd), 0.0)
+                else:
+                    dt = xd
+                xn = tl.load(delta_ptr + row[:, None] + pos_next[None, :], mask=m_next, other=0.0).to(A_dn.dtype)
+                if HAS_BIAS:
+                    xn += bias[:, None]
+                if SOFTPLUS:
+                    xn = _softplus(xn)
+                dt_next = tl.where(m_next, xn, 0.0)
+                dt0 = tl.sum(tl.where(offs_t[None, :] == 0, dt, 0.0), axis=1)
+                dtu = dt * u
+                dout = tl.load(dout_ptr + ptr_o, mask=m_dt, other=0.0).to(A_dn.dtype)
+                if HAS_Z:
+                    zt = tl.load(z_ptr + ptr_o, mask=m_dt, other=0.0).to(A_dn.dtype)
+                    sz = tl.sigmoid(zt)
+                    dy = dout * zt * sz
+                else:
+                    dy = dout
+                h0 = tl.load(ckpt_ptr + (b * nchunks + k) * dim * state + dn_off, mask=mask_dn, other=0.0)
+                if HAS_D:
+                    yp = Dv[:, None] * u  # y before the gate, for dz
+                else:
+                    yp = tl.zeros([BLOCK_D, CHUNK], dtype=A_dn.dtype)
+                ddt = tl.zeros([BLOCK_D, CHUNK], dtype=A_dn.dtype)
+                du = tl.zeros([BLOCK_D, CHUNK], dtype=A_dn.dtype)
+                for n in range(0, state):
+                    is_n = offs_n[None, :] == n
+                    An = tl.sum(tl.where(is_n, A_dn, 0.0), axis=1)
+                    A2 = (An * _LOG2E)[:, None]
+                    Bn = tl.load(B_ptr + bc_row0 + n * length + pos, mask=mask_t, other=0.0).to(A_dn.dtype)
+                    Cn = tl.load(C_ptr + bc_row0 + n * length + pos, mask=mask_t, other=0.0).to(A_dn.dtype)
+                    # this state's walk through the chunk, recomputed from the checkpoint
+                    x = dtu * Bn[None, :]
+                    a_cum, x_cum = tl.associative_scan((tl.exp2(dt * A2), x), axis=1, combine_fn=_affine_combine)
+                    hs = a_cum * tl.sum(tl.where(is_n, h0, 0.0), axis=1)[:, None] + x_cum
+                    if HAS_Z:
+                        yp += hs * Cn[None, :]
+                    # dh_t = C_t dy_t + a_{t+1} dh_{t+1}, plus the carry from later chunks
+                    p_cum, g_cum = tl.associative_scan((tl.exp2(dt_next * A2), Cn[None, :] * dy), axis=1,
+                                                       combine_fn=_affine_combine, reverse=True)
+                    dh = p_cum * tl.sum(tl.where(is_n, r, 0.0), axis=1)[:, None] + g_cum
+                    q = dh * (hs - x)  # = dh a h_{t-1}: the gradient w.r.t. dt * A
+                    dhB = dh * Bn[None, :]
+                    ddt += dhB * u + q * An[:, None]
+                    du += dhB * dt
+                    dA_acc = tl.where(is_n, dA_acc + tl.sum(q * dt, axis=1)[:, None], dA_acc)
+                    dBn = tl.sum(dh * dtu, axis=0)  # summed over the program's channels
+                    dCn = tl.sum(hs * dy, axis=0)
+                    ptr_n = bc_row0 + n * length + pos
+                    if ATOMIC_BC:
+                        tl.atomic_add(dB_ptr + ptr_n, dBn, mask=mask_t, sem="relaxed")
+                        tl.atomic_add(dC_ptr + ptr_n, dCn, mask=mask_t, sem="relaxed")
+                    else:
+                        tl.store(dB_ptr + ptr_n, dBn, mask=mask_t)
+                        tl.store(dC_ptr + ptr_n, dCn, mask=mask_t)
+                    dh0 = tl.sum(tl.where(offs_t[None, :] == 0, dh, 0.0), axis=1)
+                    r = tl.where(is_n, (tl.exp2(dt0 * An * _LOG2E) * dh0)[:, None], r)
+                if HAS_Z:
+                    dz = dout * yp * sz * (1.0 + zt * (1.0 - sz))
+                    tl.store(dz_ptr + ptr_o, dz.to(dz_ptr.dtype.element_ty), mask=m_dt)
+                if HAS_D:
+                    du += Dv[:, None] * dy
+                    dD_acc += tl.sum(dy * u, axis=1)
+                if SHARED_U and NDIR > 1:
+                    du = tl.load(du_ptr + ptr_u, mask=m_dt & (kdir > 0), other=0.0).to(A_dn.dtype) + du
+                tl.store(du_ptr + ptr_u, du.to(du_ptr.dtype.element_ty), mask=m_dt)
+                if SOFTPLUS:
+                    ddt = ddt * tl.sigmoid(xd)
+                ddt = tl.where(m_dt, ddt, 0.0)
+                tl.store(ddelta_ptr + ptr_dt, ddt.to(ddelta_ptr.dtype.element_ty), mask=m_dt)
+                if HAS_BIAS:
+                    dbias_acc += tl.sum(ddt, axis=1)
+
+            tl.store(dA_ptr + b * dim * state + dn_off, dA_acc, mask=mask_dn)
+            if HAS_D:
+                tl.store(dD_ptr + b * dim + chan, dD_acc, mask=mask_d)
+            if HAS_BIAS:
+                tl.store(dbias_ptr + b * dim + chan, dbias_acc, mask=mask_d)
+            if SHARED_U and NDIR > 1:
+                tl.debug_barrier()
+
+    _KERNEL_SOURCES = {f.__name__: f for f in (_affine_combine, _softplus, _scan_fwd_kernel, _scan_bwd_kernel,
+                                               _loop_fwd_kernel, _loop_bwd_kernel)}
 
 _built_for: bool | None = None  # the TRITON_INTERPRET setting the kernels were decorated under
 
@@ -430,8 +685,11 @@ def _kernels():
         for name, fn in _KERNEL_SOURCES.items():
             g[name] = triton.jit(fn)
         _built_for = mode
+    if KERNEL not in KERNELS:
+        raise ValueError(f"scan_triton.KERNEL: expected one of {KERNELS}, got {KERNEL!r}")
     g = globals()
-    return g["_scan_fwd_kernel"], g["_scan_bwd_kernel"]
+    prefix = "_scan" if KERNEL == "tile" else "_loop"
+    return g[f"{prefix}_fwd_kernel"], g[f"{prefix}_bwd_kernel"]
 
 
 def _check_runnable(u: torch.Tensor, op: str = "selective_scan"):
@@ -470,14 +728,14 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save_checkpoin
     u, delta, A, B, C, D, z, delta_bias = (_c(t) for t in (u, delta, A, B, C, D, z, delta_bias))
     batch, dim, dim_out, length, groups, state, _ = _layout(u, delta, B, A, maps)
     dg = dim_out // groups
-    chunk = _chunk(state)
+    chunk, block_d, block_n, warps = _tiles(batch, groups, dg, state, length, u.device)
     nchunks = -(-length // chunk)
-    y = u.new_empty(batch, dim_out, length)
-    last = u.new_zeros(batch, dim, state)
-    ckpt = u.new_empty(checkpoint_shape(batch, dim, length, state)) if save_checkpoints else u.new_empty(0)
+    # y in u's dtype; a sum over directions, the state and its checkpoints in the compute dtype (A's)
+    y = u.new_empty(batch, dim_out, length, dtype=u.dtype if maps is None else A.dtype)
+    last = A.new_zeros(batch, dim, state)
+    ckpt = A.new_empty(checkpoint_shape(batch, dim, length, state) if save_checkpoints else (0,))
     if y.numel() == 0:
         return y, last, ckpt.zero_()
-    block_d, block_n = _block_sizes(batch, groups, dg, state, u.device)
     fwd, _ = _kernels()
     grid = (-(-dg // block_d), groups, batch)
     with _on(u.device):
@@ -488,7 +746,7 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save_checkpoin
             dim, dim_out, length, nchunks, dg, groups, state,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             SOFTPLUS=bool(delta_softplus), SAVE=bool(save_checkpoints), **_flags(u, dim, maps),
-            BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk, num_warps=_num_warps(block_d, block_n, chunk),
+            BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk, num_warps=warps,
         )
     return y, last, ckpt
 
@@ -499,18 +757,20 @@ def _backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ckpt, dout, d
         _c(t) for t in (u, delta, A, B, C, D, z, delta_bias, ckpt, dout, dlast))
     batch, dim, dim_out, length, groups, state, _ = _layout(u, delta, B, A, maps)
     dg = dim_out // groups
-    chunk = _chunk(state)
+    chunk, block_d, block_n, warps = _tiles(batch, groups, dg, state, length, u.device)
     nchunks = -(-length // chunk)
-    block_d, block_n = _block_sizes(batch, groups, dg, state, u.device)
     nblk = -(-dg // block_d)
     # every element of these is written by one program (dB, dC are summed into, a shared u's du is
     # summed over the directions by the one program that owns its rows)
-    du, ddelta = torch.empty_like(u), torch.empty_like(delta)
+    # in their inputs' dtypes, but sums (a shared u's du over the directions; dB, dC over channel
+    # blocks) and the parameters' partials in the compute dtype (A's)
+    du = torch.empty_like(u, dtype=A.dtype if _flags(u, dim, maps)["SHARED_U"] else u.dtype)
+    ddelta = torch.empty_like(delta)
     dz = torch.empty_like(z) if z is not None else None
-    dB, dC = torch.zeros_like(B), torch.zeros_like(C)
-    dA_part = u.new_zeros(batch, dim, state)
-    dD_part = u.new_zeros(batch, dim) if D is not None else None
-    dbias_part = u.new_zeros(batch, dim) if delta_bias is not None else None
+    dB, dC = torch.zeros_like(B, dtype=A.dtype), torch.zeros_like(C, dtype=A.dtype)
+    dA_part = A.new_zeros(batch, dim, state)
+    dD_part = A.new_zeros(batch, dim) if D is not None else None
+    dbias_part = A.new_zeros(batch, dim) if delta_bias is not None else None
     if u.numel():
         if tuple(ckpt.shape) != checkpoint_shape(batch, dim, length, state):
             raise RuntimeError(f"{op}: checkpoints of shape {tuple(ckpt.shape)} do not match the "
@@ -527,7 +787,7 @@ def _backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ckpt, dout, d
                 HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                 SOFTPLUS=bool(delta_softplus), HAS_DLAST=dlast is not None, ATOMIC_BC=nblk > 1,
                 **_flags(u, dim, maps),
-                BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk, num_warps=_num_warps(block_d, block_n, chunk),
+                BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk, num_warps=warps,
             )
     return (du, ddelta, dA_part.sum(0), dB, dC, dD_part.sum(0) if D is not None else None, dz,
             dbias_part.sum(0) if delta_bias is not None else None)

@@ -14,7 +14,9 @@ A backend module provides ``checkpoint_shape(batch, dim, length, state)``,
 ``(y, last_state, checkpoints)`` and
 ``backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, checkpoints, dout, dlast)``
 returning ``(du, ddelta, dA, dB, dC, dD, dz, ddelta_bias)`` (None for an absent input), all in
-float32 (float64 for float64 inputs) with B and C grouped (batch, groups, state, length).
+float32 (float64 for float64 inputs) with B and C grouped (batch, groups, state, length). A module
+with ``READS_HALF = True`` is handed float16 and bfloat16 operands (u, delta, B, C, z, dout) as
+they are, A, D and delta_bias in float32, and returns y, du, ddelta and dz in their inputs' dtypes.
 ``visionssm.ops.scan_torch.delta_to_dt`` / ``dt_grad_to_delta`` do the softplus in PyTorch for a
 backend that does not fuse it.
 """
@@ -172,8 +174,26 @@ def _cast(t, dtype):
     return None if t is None else t.to(dtype)
 
 
-def _grouped(M: torch.Tensor, dtype) -> torch.Tensor:
-    return (M if M.dim() == 4 else M.unsqueeze(1)).to(dtype)
+def _reads_half(backend: str, w: torch.dtype) -> bool:
+    return w == torch.float32 and getattr(_backend_module(backend), "READS_HALF", False)
+
+
+def _operand(t, w, as_is: bool):
+    """u, delta, B, C, z or dout for the backend: in the compute dtype ``w``, or as it is (float16,
+    bfloat16 or float32) where the backend reads half precision itself (``as_is``: _reads_half)."""
+    if t is None or (as_is and t.dtype in (torch.float16, torch.bfloat16, torch.float32)):
+        return t
+    return t.to(w)
+
+
+def _grouped(M: torch.Tensor) -> torch.Tensor:
+    return M if M.dim() == 4 else M.unsqueeze(1)
+
+
+def _operands(backend: str, w: torch.dtype, u, delta, A, B, C) -> tuple:
+    """(u, delta, A, B, C) as the backend takes them: A in the compute dtype ``w``, B and C grouped."""
+    half = _reads_half(backend, w)
+    return (*(_operand(t, w, half) for t in (u, delta)), A.to(w), *(_operand(_grouped(M), w, half) for M in (B, C)))
 
 
 def _ungrouped(dM: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
@@ -188,7 +208,7 @@ def _scan_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Ten
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     w = _wide(u)
     y, last, ckpt = _backend_module(backend).forward(
-        u.to(w), delta.to(w), A.to(w), _grouped(B, w), _grouped(C, w), _cast(D, w), _cast(z, w),
+        *_operands(backend, w, u, delta, A, B, C), _cast(D, w), _operand(z, w, _reads_half(backend, w)),
         _cast(delta_bias, w), delta_softplus, save_checkpoints)
     return y.to(u.dtype), last, ckpt
 
@@ -210,9 +230,10 @@ def _scan_backward_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: 
                       ) -> list[torch.Tensor]:
     """Gradients for (u, delta, A, B, C, D, z, delta_bias); an empty tensor where an input is None."""
     w = _wide(u)
+    half = _reads_half(backend, w)
     du, ddelta, dA, dB, dC, dD, dz, ddelta_bias = _backend_module(backend).backward(
-        u.to(w), delta.to(w), A.to(w), _grouped(B, w), _grouped(C, w), _cast(D, w), _cast(z, w),
-        _cast(delta_bias, w), delta_softplus, checkpoints, dout.to(w), _cast(dlast, w))
+        *_operands(backend, w, u, delta, A, B, C), _cast(D, w), _operand(z, w, half), _cast(delta_bias, w),
+        delta_softplus, checkpoints, _operand(dout, w, half), _cast(dlast, w))
     return [du.to(u.dtype), ddelta.to(delta.dtype), dA.to(A.dtype), _ungrouped(dB, B), _ungrouped(dC, C),
             u.new_empty(0) if D is None else dD.to(D.dtype), u.new_empty(0) if z is None else dz.to(z.dtype),
             u.new_empty(0) if delta_bias is None else ddelta_bias.to(delta_bias.dtype)]
