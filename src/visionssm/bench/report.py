@@ -36,3 +36,20 @@ def write_csv(rows: list[dict], path: Path, first=()) -> None:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(rows)
+
+
+class CsvLog:
+    """A CSV file written as its rows come: the header ``columns`` at once, then each row flushed as it
+    is added, so that a run stopped half way (a time limit, an out-of-memory kill) keeps what it had.
+    A missing value is an empty field; floats keep six significant digits."""
+
+    def __init__(self, path: Path, columns):
+        self.path, self.columns = Path(path), list(columns)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "w", newline="") as f:
+            csv.writer(f).writerow(self.columns)
+
+    def add(self, row: dict) -> None:
+        cells = [row.get(k) for k in self.columns]
+        with open(self.path, "a", newline="") as f:
+            csv.writer(f).writerow(["" if v is None else f"{v:.6g}" if isinstance(v, float) else v for v in cells])
