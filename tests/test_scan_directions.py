@@ -402,3 +402,13 @@ def test_ss2d_compiles_with_the_directional_op():
     x = torch.randn(2, 3, 5, 6)
     compiled = torch.compile(m, backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(compiled(x), m(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_an_autocast_region_does_not_reach_into_the_scan(backend):
+    inp = make_inputs("cross", (3, 5), dtype=torch.float32)
+    want = run(lambda t: directional(t, "cross", (3, 5), OPTIONS["all"], backend), inp, OPTIONS["all"])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = run(lambda t: directional(t, "cross", (3, 5), OPTIONS["all"], backend), inp, OPTIONS["all"])
+    (y1, h1, g1), (y0, h0, g0) = got, want
+    assert torch.equal(y1, y0) and torch.equal(h1, h0) and all(torch.equal(g1[k], g0[k]) for k in g0)

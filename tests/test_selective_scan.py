@@ -101,6 +101,18 @@ def test_half_inputs_accumulate_in_float32(backend, dtype, tol):
 
 
 @pytest.mark.parametrize("backend", FAST)
+def test_an_autocast_region_does_not_reach_into_the_scan(backend):
+    """The op computes in float32 whatever autocast is on around it (the torch backend's einsums
+    once ran in bfloat16 there and failed against its float32 state)."""
+    inp = make_inputs(length=40, groups=2)
+    y0, h0, g0 = run_scan(backend, inp, dict())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y1, h1, g1 = run_scan(backend, inp, dict())
+    assert torch.equal(y1, y0) and torch.equal(h1, h0)
+    assert all(torch.equal(g1[k], g0[k]) for k in g0)
+
+
+@pytest.mark.parametrize("backend", FAST)
 def test_no_grad_forward_saves_nothing_and_agrees(backend):
     inp = make_inputs(length=70)
     with torch.no_grad():

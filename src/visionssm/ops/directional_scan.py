@@ -43,6 +43,7 @@ from visionssm.ops.selective_scan import (
     _resolve_cached,
     _ungrouped,
     _wide,
+    autocast_off,
     check_inputs,
     scan_macs,
 )
@@ -179,6 +180,7 @@ def _run_backward(backend, u, delta, A, B, C, D, delta_bias, delta_softplus, map
 
 
 @torch.library.custom_op("visionssm::directional_scan", mutates_args=())
+@autocast_off
 def _directional_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                     index_maps: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None,
                     delta_bias: torch.Tensor | None, delta_softplus: bool, backend: str, save_checkpoints: bool
@@ -219,6 +221,7 @@ def _(u, delta, A, B, C, index_maps, D, z, delta_bias, delta_softplus, backend, 
 
 
 @torch.library.custom_op("visionssm::directional_scan_backward", mutates_args=())
+@autocast_off
 def _directional_backward_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                              C: torch.Tensor, index_maps: torch.Tensor, D: torch.Tensor | None,
                              z: torch.Tensor | None, delta_bias: torch.Tensor | None, delta_softplus: bool,

@@ -23,6 +23,7 @@ backend that does not fuse it.
 
 from __future__ import annotations
 
+import functools
 import importlib
 
 import torch
@@ -201,7 +202,19 @@ def _ungrouped(dM: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
     return (dM.squeeze(1) if M.dim() == 3 else dM).to(M.dtype)
 
 
+def autocast_off(op_body):
+    """``op_body(u, ...)`` run with autocast off on u's device: the backends compute in the dtypes
+    they are handed, but an autocast region around the op would still reach into them (the torch
+    backend's float32 einsums would run in bfloat16 and then fail to mix with its float32 state)."""
+    @functools.wraps(op_body)
+    def body(u, *args, **kwargs):
+        with torch.autocast(u.device.type, enabled=False):
+            return op_body(u, *args, **kwargs)
+    return body
+
+
 @torch.library.custom_op("visionssm::selective_scan", mutates_args=())
+@autocast_off
 def _scan_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
              D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
              delta_softplus: bool, backend: str, save_checkpoints: bool
@@ -223,6 +236,7 @@ def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, save_checkpo
 
 
 @torch.library.custom_op("visionssm::selective_scan_backward", mutates_args=())
+@autocast_off
 def _scan_backward_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                       C: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None,
                       delta_bias: torch.Tensor | None, delta_softplus: bool, backend: str,
