@@ -313,6 +313,24 @@ def test_bad_input_names_argument_expected_and_given(changes, pattern):
         _call(**changes)
 
 
+def test_a_maps_tensor_is_checked_once_while_unchanged():
+    """The check reads the maps on the CPU (a GPU sync on CUDA), so the layers' cached maps are
+    checked on their first call only; a maps tensor changed in place is checked again."""
+    import importlib
+
+    ds = importlib.import_module("visionssm.ops.directional_scan")
+    maps = scan_index_maps(3, 5, "cross").clone()
+    assert not ds._checked_before(maps)
+    _call(maps=maps)
+    assert ds._checked_before(maps) and not ds._checked_before(maps.clone())
+    maps[0, 1] = maps[0, 0]  # a repeated position, in place
+    with pytest.raises(ValueError, match="index_maps: expected each row to be a permutation"):
+        _call(maps=maps)
+    key = id(maps)
+    del maps
+    assert key not in ds._checked  # forgotten with the tensor
+
+
 def test_scan_index_maps_are_the_scan_permutations():
     for order in ("cross", "snake", "bidirectional"):
         maps = scan_index_maps(3, 5, order)

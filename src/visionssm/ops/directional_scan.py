@@ -29,6 +29,8 @@ summed output, for every backend.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
@@ -88,20 +90,37 @@ def check_directional_inputs(u, delta, A, B, C, index_maps, D, z, delta_bias):
     if len(set(devices.values()) | {A.device}) > 1:
         raise ValueError(f"all tensors must be on one device, got {', '.join(f'{k}: {v}' for k, v in devices.items())}"
                          f", A: {A.device}")
-    if not torch.compiler.is_compiling() and index_maps.device.type != "meta" and not isinstance(index_maps,
-                                                                                                 FakeTensor):
+    if (not torch.compiler.is_compiling() and index_maps.device.type != "meta"
+            and not isinstance(index_maps, FakeTensor) and not _checked_before(index_maps)):
         # a walk must visit every position once (L writes that cover L positions); a position out
         # of range would also be read out of bounds by the fused kernels. Real maps are checked
-        # for real under a FakeTensorMode too (FLOP counting), where their values are known.
+        # for real under a FakeTensorMode too (FLOP counting), where their values are known. The
+        # check reads the maps on the CPU (a GPU sync), so a maps tensor is checked once while it
+        # is unchanged: the layers pass the cached maps of scan_index_maps on every call.
         with unset_fake_temporarily():
-            seen = torch.zeros(K, L, dtype=torch.bool, device=index_maps.device)
+            seen = torch.zeros(K, L, dtype=torch.bool)
             try:
-                seen.scatter_(1, index_maps.long(), True)
+                seen.scatter_(1, index_maps.long().cpu(), True)
             except (RuntimeError, IndexError) as e:
                 raise ValueError(f"index_maps: expected positions in [0, {L}), got {e}") from None
             if not seen.all():
                 raise ValueError("index_maps: expected each row to be a permutation of 0 .. length-1 (every "
                                  "position visited once), got a row that repeats a position")
+            _remember_checked(index_maps)
+
+
+# id -> (a weak reference to a maps tensor that passed the check, its version counter then)
+_checked: dict[int, tuple[weakref.ref, int]] = {}
+
+
+def _remember_checked(maps: torch.Tensor) -> None:
+    key = id(maps)
+    _checked[key] = (weakref.ref(maps, lambda _: _checked.pop(key, None)), maps._version)
+
+
+def _checked_before(maps: torch.Tensor) -> bool:
+    entry = _checked.get(id(maps))
+    return entry is not None and entry[0]() is maps and entry[1] == maps._version
 
 
 # ---------------------------------------------------------------------------------------------
