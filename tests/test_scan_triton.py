@@ -336,6 +336,12 @@ def test_default_tiles(monkeypatch):
         chunk, block_d, block_n, warps = st._tiles(256, 1, 1024, 16, length, cpu)
         assert chunk == want and block_n == 16 and block_d * chunk == st.TILE and warps == min(8, st.TILE // 256)
         assert st.checkpoint_shape(2, 6, length, 16) == (2, -(-length // chunk), 6, 16)
+    monkeypatch.setattr(st, "KERNEL", "auto")  # the faster pair of the H200 measurement for each state size
+    assert [st._kernel(n) for n in (1, 2, 16)] == ["loop", "tile", "tile"]
+    assert st._chunk(1, 4097) == st.LOOP_CHUNK and st._chunk(16, 4097) == 32
+    monkeypatch.setattr(st, "KERNEL", "tiles")
+    with pytest.raises(ValueError, match=r"KERNEL: expected 'auto' or one of \('tile', 'loop'\), got 'tiles'"):
+        st._kernel(1)
     for kernel in st.KERNELS:
         monkeypatch.setattr(st, "KERNEL", kernel)
         assert st._tiles(1, 1, 1024, 1, 256, meta)[1] == st.TILE // 256  # not a CUDA device: no SM count

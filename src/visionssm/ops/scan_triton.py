@@ -37,8 +37,8 @@ then a scan across the threads), the states looped inside the program one B and 
 (read once for the program's channels), and the states carried across chunks in a (BLOCK_D, state)
 register tile. The arithmetic per state is the same, and so are the arguments, the grid, the
 checkpoints (spaced by that pair's chunk) and the results. Which is faster on a GPU is for the GPU
-benchmark to say (``visionssm bench scan-gpu`` times each pair); "tile" stays the default until one
-has measured "loop".
+benchmark to say (``visionssm bench scan-gpu`` times each pair); the first H200 measurement made
+KERNEL "auto" pick "loop" for a single state and "tile" for more.
 
 Directions (``directional_forward`` / ``directional_backward``, the interface of
 ``visionssm.ops.directional_scan``). The same two kernels with ``MAPPED`` set read every direction
@@ -117,8 +117,11 @@ TILE = 1024
 # float16 / bfloat16 operands are read as they are (see the module doc), not cast by the wrapper
 READS_HALF = True
 # The kernel pair the backend launches (see the module doc); the GPU benchmark times each of KERNELS.
+# "auto": "loop" for a single state, "tile" otherwise, as measured on an H200 (docs/benchmarks.md):
+# "loop" was 1.5x faster forward+backward at VMamba's d_state=1 and faster in every directional
+# case there; "tile" 1.1-1.4x faster at Vim's 16 states. 2 to 8 states were not measured.
 KERNELS = ("tile", "loop")
-KERNEL = "tile"
+KERNEL = "auto"
 # the "loop" pair's longest chunk (steps spread over the threads of a program)
 LOOP_CHUNK = 512
 # Steps per chunk and channels per program; None picks them from the state size (_chunk,
@@ -160,12 +163,21 @@ def unavailable_reason(device: torch.device) -> str | None:
     return f"the 'triton' backend runs on CUDA tensors, got {device.type} tensors"
 
 
+def _kernel(state: int) -> str:
+    """The kernel pair KERNEL names for this state size."""
+    if KERNEL == "auto":
+        return "loop" if state == 1 else "tile"
+    if KERNEL not in KERNELS:
+        raise ValueError(f"scan_triton.KERNEL: expected 'auto' or one of {KERNELS}, got {KERNEL!r}")
+    return KERNEL
+
+
 def _chunk(state: int, length: int) -> int:
     """Steps per chunk. "tile": 256 for one state down to 32 from 8 states up; "loop": the length
     rounded up to a power of two, 32 to LOOP_CHUNK."""
     if CHUNK:
         return CHUNK
-    if KERNEL == "tile":
+    if _kernel(state) == "tile":
         return min(256, max(32, 256 // _next_pow2(state)))
     return min(LOOP_CHUNK, max(32, _next_pow2(length)))
 
@@ -186,7 +198,8 @@ def _tiles(batch: int, groups: int, dim_per_group: int, state: int, length: int,
     that leaves fewer than about two programs per SM (VMamba's d_state=1 at small batch); never more
     than a group."""
     chunk, block_n = _chunk(state, length), _next_pow2(state)
-    per_channel = chunk * (block_n if KERNEL == "tile" else 1)
+    tile = _kernel(state) == "tile"
+    per_channel = chunk * (block_n if tile else 1)
     if BLOCK_D is not None:
         block_d = _next_pow2(BLOCK_D)
     else:
@@ -194,7 +207,7 @@ def _tiles(batch: int, groups: int, dim_per_group: int, state: int, length: int,
         while block_d > 1 and batch * groups * -(-dim_per_group // block_d) < 2 * _sm_count(device):
             block_d //= 2
     block_d = max(1, min(block_d, _next_pow2(dim_per_group)))
-    return chunk, block_d, block_n, _num_warps(block_d * per_channel, 512 if KERNEL == "tile" else 256)
+    return chunk, block_d, block_n, _num_warps(block_d * per_channel, 512 if tile else 256)
 
 
 def _num_warps(elements: int, per_warp: int) -> int:
@@ -675,8 +688,9 @@ if tl is not None:
 _built_for: bool | None = None  # the TRITON_INTERPRET setting the kernels were decorated under
 
 
-def _kernels():
-    """The (forward, backward) kernels, decorated for the current TRITON_INTERPRET setting."""
+def _kernels(state: int):
+    """The (forward, backward) kernels for this state size, decorated for the current TRITON_INTERPRET
+    setting."""
     global _built_for
     mode = _interpreting()
     if _built_for is not mode:
@@ -685,10 +699,8 @@ def _kernels():
         for name, fn in _KERNEL_SOURCES.items():
             g[name] = triton.jit(fn)
         _built_for = mode
-    if KERNEL not in KERNELS:
-        raise ValueError(f"scan_triton.KERNEL: expected one of {KERNELS}, got {KERNEL!r}")
     g = globals()
-    prefix = "_scan" if KERNEL == "tile" else "_loop"
+    prefix = "_scan" if _kernel(state) == "tile" else "_loop"
     return g[f"{prefix}_fwd_kernel"], g[f"{prefix}_bwd_kernel"]
 
 
@@ -736,7 +748,7 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save_checkpoin
     ckpt = A.new_empty(checkpoint_shape(batch, dim, length, state) if save_checkpoints else (0,))
     if y.numel() == 0:
         return y, last, ckpt.zero_()
-    fwd, _ = _kernels()
+    fwd, _ = _kernels(state)
     grid = (-(-dg // block_d), groups, batch)
     with _on(u.device):
         fwd[grid](
@@ -775,7 +787,7 @@ def _backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ckpt, dout, d
         if tuple(ckpt.shape) != checkpoint_shape(batch, dim, length, state):
             raise RuntimeError(f"{op}: checkpoints of shape {tuple(ckpt.shape)} do not match the "
                                f"triton backend's {checkpoint_shape(batch, dim, length, state)}")
-        _, bwd = _kernels()
+        _, bwd = _kernels(state)
         with _on(u.device):
             bwd[(nblk, groups, batch)](
                 u, delta, A, B, C, D if D is not None else u, z if z is not None else u,
