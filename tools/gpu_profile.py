@@ -1,0 +1,118 @@
+"""Where the models' GPU time goes: the profile behind tools/gpu_models.py's throughput figures.
+
+For Vim-T and VMamba-T[s1l8] (and ConvNeXt-T / DeiT-T beside them) it prints and writes, in --out:
+  * profile.txt: the top CUDA kernels of one inference step at 224, batch 128 (bf16 autocast and
+    fp32 with TF32), by total device time, with their share of the step's device time, and the
+    step's wall time against its device time (a step whose wall time exceeds its device time is
+    waiting on the host: launches or syncs);
+  * latency.csv: batch-1 latency at 224 and 1024, eager and replayed as a CUDA graph (the graph
+    removes the per-kernel launch cost, so the difference is what the host costs).
+
+    python3 tools/gpu_profile.py [--out DIR] [--dry-run]
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_models import CONVNEXT, DEIT, DRY, GPU, VIM, VMAMBA, allow_tf32, autocast, build, free_memory  # noqa: E402
+
+from visionssm.bench.report import CsvLog  # noqa: E402
+from visionssm.bench.scan_gpu import error_text, time_ms  # noqa: E402
+
+
+def top_kernels(net, x, dtype: str, n: int = 12) -> str:
+    """The profile table of one inference step (after warm-up)."""
+    dev = x.device
+
+    def step():
+        with torch.no_grad(), autocast(dev, dtype):
+            net(x)
+    for _ in range(3):
+        step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+    events = prof.key_averages()
+    key = "device_time_total" if dev.type == "cuda" else "cpu_time_total"
+    total = sum(getattr(e, "self_device_time_total" if dev.type == "cuda" else "self_cpu_time_total") for e in events)
+    wall = time_ms(step, device=dev, budget_ms=300, max_reps=20)
+    table = events.table(sort_by=key, row_limit=n, max_name_column_width=60)
+    return f"step wall {wall:.2f} ms, self device time of all ops {total / 1e3:.2f} ms\n{table}"
+
+
+def latency(net, x, graph: bool) -> float:
+    """Median ms of one no-grad forward, eager or replayed as a CUDA graph."""
+    dev = x.device
+    net.eval()
+    if not graph:
+        def step():
+            with torch.no_grad():
+                net(x)
+        return time_ms(step, device=dev, budget_ms=300, max_reps=30)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream), torch.no_grad():
+        for _ in range(3):
+            net(x)
+    torch.cuda.current_stream().wait_stream(stream)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g), torch.no_grad():
+        net(x)
+    return time_ms(g.replay, device=dev, budget_ms=300, max_reps=30)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="bench-out/gpu-profile")
+    p.add_argument("--dry-run", action="store_true", help="tiny models on the CPU (no CUDA graphs)")
+    args = p.parse_args(argv)
+    dev = torch.device("cpu" if args.dry_run else "cuda")
+    plan = DRY if args.dry_run else GPU
+    res, batch = plan.res, plan.batch
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    report = []
+    for model in (VIM, VMAMBA, CONVNEXT):
+        for dtype in ("bfloat16", "float32"):
+            allow_tf32(dev, True)
+            try:
+                net = build(plan, model, res, dev).eval()
+                x = torch.randn(batch, 3, res, res, device=dev)
+                text = (f"== {model}, {res} px, batch {batch}, {dtype} inference on {device}\n"
+                        + top_kernels(net, x, dtype))
+            except Exception as e:  # one failure does not stop the others
+                text = f"== {model} {dtype}: {error_text(e)}"
+            print(text, flush=True)
+            report.append(text)
+            (out / "profile.txt").write_text("\n\n".join(report) + "\n")
+            net = x = None
+            free_memory(dev)
+    log = CsvLog(out / "latency.csv", ("device", "model", "resolution", "batch", "dtype", "mode", "ms"))
+    for model in (VIM, DEIT, VMAMBA):
+        for r in (res, 2 * res if args.dry_run else 1024):
+            for graph in (False, True) if dev.type == "cuda" else (False,):
+                try:
+                    net = build(plan, model, r, dev, attention="sdpa" if model == DEIT else "-")
+                    ms = latency(net, torch.randn(1, 3, r, r, device=dev), graph)
+                except Exception as e:
+                    print(f"{model} {r} graph={graph}: {error_text(e)}", flush=True)
+                    ms = None
+                row = dict(device=device, model=model, resolution=r, batch=1, dtype="float32",
+                           mode="cuda graph" if graph else "eager", ms=ms)
+                log.add(row)
+                print(row, flush=True)
+                net = None
+                free_memory(dev)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
