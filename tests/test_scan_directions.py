@@ -14,7 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from visionssm import available_backends
 from visionssm.layers import SS2D, Mamba
-from visionssm.layers.mamba import bidirectional_conv_silu
+from visionssm.layers.mamba import _conv_silu_by_convs, bidirectional_conv_silu
 from visionssm.layers.scan_orders import (
     cross_merge,
     cross_scan,
@@ -408,10 +408,20 @@ def test_bidirectional_conv_silu_equals_padded_convs(length, bias):
         return F.silu(torch.cat([fwd(t)[..., :length], b], dim=1))
 
     convs = torch.nn.ModuleList([fwd, bwd])
-    _assert_same(_grads(convs, x, lambda t: bidirectional_conv_silu(t, fwd, bwd)), _grads(convs, x, padded), 1e-12,
-                 1e-12)
-    with torch.no_grad():
-        torch.testing.assert_close(bidirectional_conv_silu(x, fwd, bwd), padded(x), atol=1e-12, rtol=1e-12)
+    # the CPU's shifted multiply-adds and the two depthwise convs taken on other devices
+    for conv_silu in (bidirectional_conv_silu, _conv_silu_by_convs):
+        _assert_same(_grads(convs, x, lambda t, f=conv_silu: f(t, fwd, bwd)), _grads(convs, x, padded), 1e-12, 1e-12)
+        with torch.no_grad():
+            torch.testing.assert_close(conv_silu(x, fwd, bwd), padded(x), atol=1e-12, rtol=1e-12)
+
+
+def test_bidirectional_conv_silu_off_the_cpu_takes_the_convs(monkeypatch):
+    import visionssm.layers.mamba as mamba
+
+    calls = []
+    monkeypatch.setattr(mamba, "_conv_silu_by_convs", lambda *a: calls.append(a) or "convs")
+    conv = torch.nn.Conv1d(3, 3, 4, groups=3, device="meta")
+    assert bidirectional_conv_silu(torch.empty(1, 3, 7, device="meta"), conv, conv) == "convs" and len(calls) == 1
 
 
 def test_ss2d_compiles_with_the_directional_op():
