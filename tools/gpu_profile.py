@@ -5,10 +5,12 @@ For Vim-T and VMamba-T[s1l8] (and ConvNeXt-T / DeiT-T beside them) it prints and
     fp32 with TF32), by total device time, with their share of the step's device time, and the
     step's wall time against its device time (a step whose wall time exceeds its device time is
     waiting on the host: launches or syncs);
-  * latency.csv: batch-1 latency at 224 and 1024, eager and replayed as a CUDA graph (the graph
-    removes the per-kernel launch cost, so the difference is what the host costs).
+  * latency.csv: the latency of a forward (no grad) at batch 1 (and --batches) at 224 and 1024, eager
+    and replayed as a CUDA graph (the graph removes the per-kernel launch cost, so the difference is
+    what the host costs), float32 and --dtypes.
 
-    python3 tools/gpu_profile.py [--out DIR] [--dry-run]
+    python3 tools/gpu_profile.py [--out DIR] [--models M ...] [--batches 1 128] [--dtypes float32 bfloat16]
+                                 [--no-profile] [--dry-run]
 """
 
 import argparse
@@ -47,30 +49,36 @@ def top_kernels(net, x, dtype: str, n: int = 12) -> str:
     return f"step wall {wall:.2f} ms, self device time of all ops {total / 1e3:.2f} ms\n{table}"
 
 
-def latency(net, x, graph: bool) -> float:
-    """Median ms of one no-grad forward, eager or replayed as a CUDA graph."""
+def latency(net, x, dtype: str, graph: bool) -> float:
+    """Median ms of one no-grad forward in ``dtype``, eager or replayed as a CUDA graph."""
     dev = x.device
     net.eval()
+
+    def step():
+        with torch.no_grad(), autocast(dev, dtype):
+            net(x)
     if not graph:
-        def step():
-            with torch.no_grad():
-                net(x)
         return time_ms(step, device=dev, budget_ms=300, max_reps=30)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream), torch.no_grad():
+    with torch.cuda.stream(stream):
         for _ in range(3):
-            net(x)
+            step()
     torch.cuda.current_stream().wait_stream(stream)
     g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g), torch.no_grad():
-        net(x)
+    with torch.cuda.graph(g):
+        step()
     return time_ms(g.replay, device=dev, budget_ms=300, max_reps=30)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="bench-out/gpu-profile")
+    p.add_argument("--models", nargs="+", default=[VIM, VMAMBA, CONVNEXT, DEIT], help="a subset of the four")
+    p.add_argument("--batches", nargs="+", type=int, default=[1], help="latency batches (default: 1)")
+    p.add_argument("--dtypes", nargs="+", default=["float32"], choices=("float32", "bfloat16"),
+                   help="latency dtypes (default: float32)")
+    p.add_argument("--no-profile", action="store_true", help="only the latencies")
     p.add_argument("--dry-run", action="store_true", help="tiny models on the CPU (no CUDA graphs)")
     args = p.parse_args(argv)
     dev = torch.device("cpu" if args.dry_run else "cuda")
@@ -80,7 +88,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     device = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     report = []
-    for model in (VIM, VMAMBA, CONVNEXT):
+    for model in [m for m in (VIM, VMAMBA, CONVNEXT) if m in args.models and not args.no_profile]:
         for dtype in ("bfloat16", "float32"):
             allow_tf32(dev, True)
             try:
@@ -95,22 +103,23 @@ def main(argv=None) -> int:
             (out / "profile.txt").write_text("\n\n".join(report) + "\n")
             net = x = None
             free_memory(dev)
-    log = CsvLog(out / "latency.csv", ("device", "model", "resolution", "batch", "dtype", "mode", "ms"))
-    for model in (VIM, DEIT, VMAMBA):
-        for r in (res, 2 * res if args.dry_run else 1024):
-            for graph in (False, True) if dev.type == "cuda" else (False,):
-                try:
-                    net = build(plan, model, r, dev, attention="sdpa" if model == DEIT else "-")
-                    ms = latency(net, torch.randn(1, 3, r, r, device=dev), graph)
-                except Exception as e:
-                    print(f"{model} {r} graph={graph}: {error_text(e)}", flush=True)
-                    ms = None
-                row = dict(device=device, model=model, resolution=r, batch=1, dtype="float32",
-                           mode="cuda graph" if graph else "eager", ms=ms)
-                log.add(row)
-                print(row, flush=True)
-                net = None
-                free_memory(dev)
+    log = CsvLog(out / "latency.csv", ("device", "model", "resolution", "batch", "dtype", "mode", "ms", "images_per_s"))
+    cases = [(model, r, b, dtype, graph) for model in (VIM, DEIT, VMAMBA) if model in args.models
+             for r in (res, 2 * res if args.dry_run else 1024) for b in args.batches if b == 1 or r == res
+             for dtype in args.dtypes for graph in ((False, True) if dev.type == "cuda" else (False,))]
+    for model, r, b, dtype, graph in cases:
+        try:
+            net = build(plan, model, r, dev, attention="sdpa" if model == DEIT else "-")
+            ms = latency(net, torch.randn(b, 3, r, r, device=dev), dtype, graph)
+        except Exception as e:
+            print(f"{model} {r} graph={graph}: {error_text(e)}", flush=True)
+            ms = None
+        row = dict(device=device, model=model, resolution=r, batch=b, dtype=dtype,
+                   mode="cuda graph" if graph else "eager", ms=ms, images_per_s=b / ms * 1e3 if ms else None)
+        log.add(row)
+        print(row, flush=True)
+        net = None
+        free_memory(dev)
     return 0
 
 
