@@ -311,6 +311,64 @@ def test_memory_is_undecided_where_the_ranges_of_the_memory_runs_overlap():
                      "ssm", "att", "memory") == "512"
 
 
+def test_batch_size_auto_holds_the_pixels_per_batch_on_cuda_and_is_1_on_a_cpu():
+    from visionssm.bench.models import auto_batch, pixel_batch
+
+    # 128 images of 224x224 in pixels; 512: 24.5, rounded half to even; 8192: under one image, still 1
+    assert [auto_batch(r, r, "cuda") for r in (224, 448, 512, 1024, 2048, 8192)] == [128, 32, 24, 6, 2, 1]
+    assert auto_batch(448, 224, "cuda") == auto_batch(224, 448, "cuda:0") == 64
+    assert auto_batch(32, 32, "cuda") == 6272  # smaller than 224: larger batches
+    assert [auto_batch(r, r, "cpu") for r in (32, 224, 1024)] == [1, 1, 1]
+    assert pixel_batch(64, 64, images=2, size=32) == 1 and pixel_batch(112, 112, images=8, size=224) == 32
+
+
+def _fake_sweep(monkeypatch, tmp_path, *flags, cuda=False):
+    """``visionssm bench`` on fake cases (each round 10 ms) with ``flags``; its CSV rows, results.md and plot title."""
+    _fake_cases(monkeypatch)
+    titles = []
+    monkeypatch.setattr(bench_models, "plot", lambda rows, out, title: titles.append(title) or [])
+    if cuda:  # no GPU needed: the cases are fake
+        monkeypatch.setattr(bench_models.torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(bench_models, "describe", lambda device, **kw: "a fake GPU")
+    assert main(["bench", "--models", TINY_VIM, "resnet18", "--resolutions", "224", "512", "448x224", "1024",
+                 "--rounds", "2", "--budget", "0", "--out", str(tmp_path), *flags]) == 0
+    return list(csv.DictReader(open(tmp_path / "results.csv"))), (tmp_path / "results.md").read_text(), titles[0]
+
+
+def test_batch_size_auto_runs_each_size_at_its_own_batch_on_cuda(tmp_path, monkeypatch):
+    rows, md, title = _fake_sweep(monkeypatch, tmp_path, "--batch-size", "auto", "--device", "cuda", cuda=True)
+    expected = {"224": 128, "448x224": 64, "512": 24, "1024": 6}
+    assert len(rows) == 8 and all(int(r["batch_size"]) == expected[r["resolution"]] for r in rows)
+    # images/s at the row's own batch: each round took 10 ms
+    assert all(float(r["images_per_s"]) == pytest.approx(100 * expected[r["resolution"]]) for r in rows)
+    said = "inference (no grad), batch auto (128 images of 224x224 in pixels, per size)"
+    assert f"{said}, float32, device cuda" in md and title.startswith(f"{said}, cuda")
+    table = [line for line in md.split("Same-round")[0].splitlines() if line.startswith("| ")]
+    assert table[0].startswith("| model | kind | resolution | batch | status |")
+    assert sum(line.startswith(f"| {TINY_VIM} | ssm | 512 | 24 | ok |") for line in table) == 1
+
+
+def test_batch_size_auto_is_1_on_a_cpu_and_an_integer_the_same_at_every_size(tmp_path, monkeypatch):
+    rows, md, title = _fake_sweep(monkeypatch, tmp_path / "auto", "--batch-size", "auto")
+    assert all(r["batch_size"] == "1" and float(r["images_per_s"]) == pytest.approx(100) for r in rows)
+    assert "batch auto (1 on a CPU)," in md and "batch auto (1 on a CPU)," in title and "| batch |" in md
+    rows, md, title = _fake_sweep(monkeypatch, tmp_path / "3", "--batch-size", "3")
+    assert all(r["batch_size"] == "3" and float(r["images_per_s"]) == pytest.approx(300) for r in rows)
+    assert "batch 3," in md and "batch 3," in title
+    rows, md, title = _fake_sweep(monkeypatch, tmp_path / "default")  # as before: one batch, no column for it
+    assert all(r["batch_size"] == "1" for r in rows) and "batch 1," in md and "batch 1," in title
+    assert "| batch |" not in md and "| model | kind | resolution | status |" in md
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-1", "1.5", "Auto"])
+def test_a_bad_batch_size_is_a_one_line_error(capsys, value):
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--models", "resnet18", f"--batch-size={value}"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"visionssm bench: error: --batch-size: expected an integer >= 1 or 'auto', got {value!r}")
+
+
 def test_parse_resolution_and_model():
     assert parse_resolution("512") == (512, 512) and parse_resolution("512x768") == (512, 768)
     for bad in ("0", "a", "1x2x3", "512x"):

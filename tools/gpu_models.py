@@ -41,6 +41,7 @@ import visionssm  # noqa: F401  (registers the models)
 from visionssm.bench.isolated import is_oom
 from visionssm.bench.machine import cpu_model, describe
 from visionssm.bench.model_case import set_attention
+from visionssm.bench.models import pixel_batch
 from visionssm.bench.report import CsvLog
 from visionssm.bench.scan_gpu import error_text, max_rel_err, time_ms, triton_kernel
 from visionssm.engine.models import create_model
@@ -369,7 +370,7 @@ def main(argv=None):
         for model, attention in ((VIM, "-"), (DEIT, "explicit")):
             run.measure(model, plan.high_res, high_batch, BF16_INFER, attention)
     for res in plan.sweep:  # c.
-        batch = max(1, round(plan.batch * (plan.res / res) ** 2))
+        batch = pixel_batch(res, res, plan.batch, plan.res)
         for model, attention in ((VIM, "-"), (DEIT, "sdpa")):
             if lookup(run.data["rows"], label(model, attention), res, *BF16_INFER[0], key="batch") != batch:
                 run.measure(model, res, batch, BF16_INFER, attention)  # (not again where a. measured it)

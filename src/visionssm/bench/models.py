@@ -37,7 +37,10 @@ writes results.csv, results.md, ratios.csv (the same-round ratios), throughput.p
 crossover: the smallest resolution from which each SSM model is faster than, and uses less memory
 than, each peer.
 
-    visionssm bench [--models M ...] [--resolutions 224 512 1024x768 ...] [--batch-size 1]
+``--batch-size auto`` holds the pixels per batch at every size on CUDA (128 images at 224x224:
+max(1, round(128 * 224*224 / (H*W))) at H x W, a column of the table) and is 1 on a CPU.
+
+    visionssm bench [--models M ...] [--resolutions 224 512 1024x768 ...] [--batch-size 1|auto]
                     [--train] [--device cpu|cuda] [--full] [--rounds 5] [--budget 2]
                     [--out bench-out/models]
 """
@@ -93,6 +96,20 @@ def parse_resolution(text: str) -> tuple[int, int]:
     if len(parts) > 2 or min(h, w) < 1:
         raise ValueError(f"--resolutions: expected a size such as 512 or HxW such as 512x768, got {text!r}")
     return h, w
+
+
+# --batch-size auto on CUDA: this many images of AUTO_SIZE x AUTO_SIZE pixels per batch, at every size
+AUTO_IMAGES, AUTO_SIZE = 128, 224
+
+
+def pixel_batch(h: int, w: int, images: int = AUTO_IMAGES, size: int = AUTO_SIZE) -> int:
+    """The batch at h x w with as many pixels as ``images`` images of size x size (at least 1)."""
+    return max(1, round(images * size * size / (h * w)))
+
+
+def auto_batch(h: int, w: int, device: str) -> int:
+    """``--batch-size auto`` at h x w: :func:`pixel_batch` on CUDA, 1 on a CPU."""
+    return pixel_batch(h, w) if torch.device(device).type == "cuda" else 1
 
 
 def res_name(h: int, w: int) -> str:
@@ -372,7 +389,9 @@ def main(argv=None):
                    help="the full sweep: all peers, 224..2048 (an hour or more on 2 CPU cores)")
     p.add_argument("--attention", choices=("both", *ATTENTION_MODES), default="both",
                    help="attention modes of attention models (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=1, help="images per step (default: %(default)s)")
+    p.add_argument("--batch-size", default="1",
+                   help=f"images per step, or 'auto': on CUDA {AUTO_IMAGES} images of {AUTO_SIZE}x{AUTO_SIZE} in "
+                        f"pixels at every size, on a CPU 1 (default: %(default)s)")
     p.add_argument("--train", action="store_true", help="time a training step (forward+backward+AdamW)")
     add_sweep_arguments(p, "resolution", rounds=5, time_limit=None, time_limit_default="90; --full: 300",
                         memory_limit_help="CPU: MB a case may allocate before it counts as out of memory "
@@ -397,9 +416,16 @@ def main(argv=None):
     except ValueError as e:
         p.error(str(e))
     sizes = sorted(dict.fromkeys(sizes), key=lambda hw: (hw[0] * hw[1], hw))
-    if args.batch_size < 1:
-        p.error(f"--batch-size: expected >= 1, got {args.batch_size}")
-    _, memory_limit = check_sweep_arguments(p, args)
+    auto = args.batch_size == "auto"
+    if not auto and not (args.batch_size.isdecimal() and int(args.batch_size) >= 1):
+        p.error(f"--batch-size: expected an integer >= 1 or 'auto', got {args.batch_size!r}")
+    device, memory_limit = check_sweep_arguments(p, args)
+    batch = args.batch_size if not auto else "auto (1 on a CPU)" if device.type == "cpu" else \
+        f"auto ({AUTO_IMAGES} images of {AUTO_SIZE}x{AUTO_SIZE} in pixels, per size)"
+    columns = COLUMNS  # with auto, the table shows each row's batch
+    if auto:
+        at = COLUMNS.index(("resolution", "resolution")) + 1
+        columns = [*COLUMNS[:at], ("batch_size", "batch"), *COLUMNS[at:]]
     time_limit = args.time_limit or (300.0 if args.full else 90.0)
 
     kinds = {m: model_kind(m) for m in models}
@@ -408,7 +434,7 @@ def main(argv=None):
 
     machine = describe(args.device, cases_isolated=True)
     mode = "training step (fwd+bwd+AdamW)" if args.train else "inference (no grad)"
-    settings = (f"{mode}, batch {args.batch_size}, float32, device {args.device}, per-case time limit "
+    settings = (f"{mode}, batch {batch}, float32, device {args.device}, per-case time limit "
                 f"{time_limit:g} s" + (f", memory limit {memory_limit / 1024:.1f} GB" if memory_limit else "")
                 + f"; timing: at least {args.rounds} interleaved rounds per resolution, more while the slowest "
                   f"case has run under {args.budget:g} s (at most {max(args.rounds, MAX_ROUNDS)}); peak memory: "
@@ -420,16 +446,17 @@ def main(argv=None):
 
     def case_of(s, res):
         (m, attention), (h, w) = by_series[s], by_size[res]
+        batch_size = auto_batch(h, w, args.device) if auto else int(args.batch_size)
         row = dict(series=s, model=m, attention=attention, kind=kinds[m], resolution=res, height=h, width=w,
-                   pixels=h * w, batch_size=args.batch_size, mode="train" if args.train else "inference",
+                   pixels=h * w, batch_size=batch_size, mode="train" if args.train else "inference",
                    device=args.device)
-        spec = dict(model=m, attention=attention, height=h, width=w, batch_size=args.batch_size,
+        spec = dict(model=m, attention=attention, height=h, width=w, batch_size=batch_size,
                     train=args.train, device=args.device, memory_limit_mb=memory_limit)
         return row, spec
 
     start = time.perf_counter()
     rows, busy = sweep(list(by_size), list(by_series), case_of, time_limit, args.rounds, args.budget, memory_limit,
-                       memory_runs=args.memory_runs)
+                       columns, memory_runs=args.memory_runs)
     wall = time.perf_counter() - start
     order = {s: i for i, s in enumerate(by_series)}
     rows.sort(key=lambda r: (order[r["series"]], r["pixels"]))  # one series after another, as the table reads
@@ -437,10 +464,10 @@ def main(argv=None):
     ratios = ratio_rows(rows)
     cross = crossover_lines(rows)
     out = Path(args.out)
-    write_results(rows, machine, settings, ratios, cross, out, busy)
-    plots = plot(rows, out, f"{mode}, batch {args.batch_size}, {args.device}\n{machine}")
+    write_results(rows, machine, settings, ratios, cross, out, busy, columns)
+    plots = plot(rows, out, f"{mode}, batch {batch}, {args.device}\n{machine}")
     print_summary(rows, ratios, cross, busy, wall, [out / "results.csv", out / "results.md", out / "ratios.csv",
-                                                    *plots, out / "machine.txt"])
+                                                    *plots, out / "machine.txt"], columns)
     return 0
 
 
