@@ -1,10 +1,10 @@
 """Where the models' GPU time goes: the profile behind tools/gpu_models.py's throughput figures.
 
 For Vim-T and VMamba-T[s1l8] (and ConvNeXt-T / DeiT-T beside them) it prints and writes, in --out:
-  * profile.txt: the top CUDA kernels of one inference step at 224, batch 128 (bf16 autocast and
-    fp32 with TF32), by total device time, with their share of the step's device time, and the
-    step's wall time against its device time (a step whose wall time exceeds its device time is
-    waiting on the host: launches or syncs);
+  * profile.txt: the top ops and CUDA kernels of one inference step at 224, batch 128 (bf16 autocast
+    and fp32 with TF32), by total device time, with their share of the step's device time ("Self CUDA
+    time total" under each table), and the step's unprofiled wall time: a step whose wall time
+    exceeds its device time is waiting on the host (launches or syncs);
   * latency.csv: the latency of a forward (no grad) at batch 1 (and --batches) at 224 and 1024, eager
     and replayed as a CUDA graph (the graph removes the per-kernel launch cost, so the difference is
     what the host costs), float32 and --dtypes.
@@ -41,12 +41,11 @@ def top_kernels(net, x, dtype: str, n: int = 12) -> str:
         step()
         if dev.type == "cuda":
             torch.cuda.synchronize()
-    events = prof.key_averages()
     key = "device_time_total" if dev.type == "cuda" else "cpu_time_total"
-    total = sum(getattr(e, "self_device_time_total" if dev.type == "cuda" else "self_cpu_time_total") for e in events)
     wall = time_ms(step, device=dev, budget_ms=300, max_reps=20)
-    table = events.table(sort_by=key, row_limit=n, max_name_column_width=60)
-    return f"step wall {wall:.2f} ms, self device time of all ops {total / 1e3:.2f} ms\n{table}"
+    table = prof.key_averages().table(sort_by=key, row_limit=n, max_name_column_width=60)
+    # the table ends with the step's self CPU and self CUDA totals: device time against the wall's
+    return f"step wall {wall:.2f} ms (unprofiled)\n{table}"
 
 
 def latency(net, x, dtype: str, graph: bool) -> float:
