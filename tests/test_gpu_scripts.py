@@ -140,3 +140,22 @@ def test_gpu_check_fits_its_time_and_parses():
     assert subprocess.run(["bash", "-n", str(TOOLS / "gpu_check.sh")]).returncode == 0
     for tool in re.findall(r"tools/(\w+\.py)", script):
         assert (TOOLS / tool).exists(), tool
+
+
+def test_profile_dry_run(tmp_path):
+    out = run_child([str(TOOLS / "gpu_profile.py"), "--dry-run", "--out", str(tmp_path), "--models",
+                     "vim_tiny_patch16_224", "--batches", "1", "2", "--dtypes", "float32", "bfloat16"], tmp_path)
+    header, rows = read_csv(tmp_path / "latency.csv")
+    assert header == ["device", "model", "resolution", "batch", "dtype", "mode", "ms", "images_per_s"]
+    # batch 1 at both sizes, --batches' others at the first; each dtype; eager only off CUDA
+    assert sorted((r["resolution"], r["batch"], r["dtype"]) for r in rows) == sorted(
+        (res, b, d) for res, b in (("32", "1"), ("32", "2"), ("64", "1")) for d in ("float32", "bfloat16"))
+    assert all(r["mode"] == "eager" and float(r["images_per_s"]) > 0 for r in rows)
+    profile = (tmp_path / "profile.txt").read_text()
+    assert profile.count("== vim_tiny_patch16_224") == 2 and "step wall" in profile and "error" not in out
+
+
+def test_profile_without_cuda_says_so(tmp_path):
+    res = subprocess.run([sys.executable, str(TOOLS / "gpu_profile.py"), "--out", str(tmp_path)], cwd=ROOT,
+                         env=dict(CHILD_ENV, CUDA_VISIBLE_DEVICES=""), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1 and "no CUDA device" in res.stderr and "Traceback" not in res.stderr

@@ -440,3 +440,15 @@ def test_an_autocast_region_does_not_reach_into_the_scan(backend):
         got = run(lambda t: directional(t, "cross", (3, 5), OPTIONS["all"], backend), inp, OPTIONS["all"])
     (y1, h1, g1), (y0, h0, g0) = got, want
     assert torch.equal(y1, y0) and torch.equal(h1, h0) and all(torch.equal(g1[k], g0[k]) for k in g0)
+
+
+def test_the_gate_in_blocks_or_at_once_is_y_times_silu_z():
+    import importlib
+
+    ds = importlib.import_module("visionssm.ops.directional_scan")
+    y, z = torch.randn(2, 5, 11, dtype=torch.float64), torch.randn(2, 5, 11, dtype=torch.float64)
+    want = y * F.silu(z)
+    for block in (None, 11, 3 * 11, y.numel()):  # the CPU default, one row, a few rows, all at once (a GPU's)
+        got = y.clone()
+        ds._gate_in_place(got, z, block)
+        torch.testing.assert_close(got, want, rtol=1e-15, atol=1e-17)  # one ulp: vector vs scalar silu

@@ -73,13 +73,17 @@ def latency(net, x, dtype: str, graph: bool) -> float:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="bench-out/gpu-profile")
-    p.add_argument("--models", nargs="+", default=[VIM, VMAMBA, CONVNEXT, DEIT], help="a subset of the four")
+    p.add_argument("--models", nargs="+", default=[VIM, VMAMBA, CONVNEXT, DEIT], choices=(VIM, VMAMBA, CONVNEXT, DEIT),
+                   help="a subset of the four (default: all)")
     p.add_argument("--batches", nargs="+", type=int, default=[1], help="latency batches (default: 1)")
     p.add_argument("--dtypes", nargs="+", default=["float32"], choices=("float32", "bfloat16"),
                    help="latency dtypes (default: float32)")
     p.add_argument("--no-profile", action="store_true", help="only the latencies")
     p.add_argument("--dry-run", action="store_true", help="tiny models on the CPU (no CUDA graphs)")
     args = p.parse_args(argv)
+    if not args.dry_run and not torch.cuda.is_available():
+        print("gpu_profile.py: no CUDA device is available; --dry-run runs the logic on the CPU", file=sys.stderr)
+        return 1
     dev = torch.device("cpu" if args.dry_run else "cuda")
     plan = DRY if args.dry_run else GPU
     res, batch = plan.res, plan.batch

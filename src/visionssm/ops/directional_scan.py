@@ -216,13 +216,12 @@ def _directional_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: to
     return y.to(u.dtype), last, ckpt, u.new_empty(0)
 
 
-def _gate_in_place(y: torch.Tensor, z: torch.Tensor, block: int = 1 << 18) -> None:
-    """y *= silu(z), on a CPU a few rows at a time: no temporary of y's size (y and z (batch, d, L));
-    on a GPU at once (blocks were 37 launches a layer at Vim-T's batch 128, and the host, not the
-    device, set the pace there)."""
-    if y.device.type != "cpu":
-        y.mul_(F.silu(z.to(y.dtype)))
-        return
+def _gate_in_place(y: torch.Tensor, z: torch.Tensor, block: int | None = None) -> None:
+    """y *= silu(z) (y and z (batch, d, L)), ``block`` elements at a time (None: on a CPU 2**18, a few
+    rows, so no temporary of y's size; elsewhere all at once: on a GPU the blocks were 37 launches a
+    layer at Vim-T's batch 128, where the host, not the device, set the pace)."""
+    if block is None:
+        block = 1 << 18 if y.device.type == "cpu" else y.numel()
     rows_y, rows_z = y.view(-1, y.shape[-1]), z.reshape(-1, z.shape[-1])
     step = max(1, block // y.shape[-1])
     for i in range(0, rows_y.shape[0], step):

@@ -182,9 +182,7 @@ def _reads_half(backend: str, w: torch.dtype) -> bool:
 def _operand(t, w, as_is: bool):
     """u, delta, B, C, z or dout for the backend: in the compute dtype ``w``, or as it is (float16,
     bfloat16 or float32) where the backend reads half precision itself (``as_is``: _reads_half)."""
-    if t is None or (as_is and t.dtype in (torch.float16, torch.bfloat16, torch.float32)):
-        return t
-    return t.to(w)
+    return t if as_is and t is not None and t.dtype in (torch.float16, torch.bfloat16, torch.float32) else _cast(t, w)
 
 
 def _grouped(M: torch.Tensor) -> torch.Tensor:
